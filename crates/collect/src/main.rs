@@ -1,0 +1,188 @@
+//! `collect`: one binary for every part of the platform, one subcommand each.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use collect_store::{PoolSettings, Store, connect_pool};
+use tokio::net::TcpListener;
+
+#[derive(Parser)]
+#[command(
+    name = "collect",
+    version,
+    about = "Collect: form responses to every integration, none lost, none duplicated"
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(
+        long,
+        global = true,
+        env = "COLLECT_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct Db {
+    /// Postgres URL, e.g. postgres://user@127.0.0.1:5432/collect
+    #[arg(long, env = "COLLECT_DATABASE_URL")]
+    database_url: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the forms API.
+    Api {
+        #[command(flatten)]
+        db: Db,
+        /// Address to listen on.
+        #[arg(long, env = "COLLECT_API_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Most Postgres connections held open.
+        #[arg(long, env = "COLLECT_API_DB_CONNECTIONS", default_value_t = 16)]
+        db_connections: usize,
+        /// Apply pending migrations before serving.
+        #[arg(long)]
+        migrate: bool,
+    },
+    /// Apply pending database migrations.
+    Migrate {
+        #[command(flatten)]
+        db: Db,
+    },
+    /// Manage organizations.
+    Org {
+        #[command(subcommand)]
+        command: OrgCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum OrgCommand {
+    /// Create an organization; prints {"org_id", "api_key"} as JSON.
+    Create {
+        #[command(flatten)]
+        db: Db,
+        /// Organization name.
+        #[arg(long)]
+        name: String,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+}
+
+async fn store(db: &Db, max_connections: usize) -> Result<Store> {
+    let pool = connect_pool(
+        &db.database_url,
+        &PoolSettings {
+            max_connections,
+            acquire_timeout: Duration::from_secs(5),
+        },
+    )
+    .map_err(anyhow::Error::msg)?;
+    Ok(Store::new(pool))
+}
+
+async fn migrate(db: &Db) -> Result<()> {
+    let store = store(db, 1).await?;
+    let mut client = store.pool().get().await.context("connecting to Postgres")?;
+    let applied = collect_store::migrate::run(&mut client).await?;
+    tracing::info!(applied = applied.len(), "schema is current");
+    Ok(())
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Api {
+            db,
+            listen,
+            db_connections,
+            migrate: apply,
+        } => {
+            if apply {
+                migrate(&db).await?;
+            }
+            let store = store(&db, db_connections).await?;
+            store
+                .ready()
+                .await
+                .context("the database is not ready for this version")?;
+            let listener = TcpListener::bind(&listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            tracing::info!(addr = %listener.local_addr()?, "forms API listening");
+            collect_api::serve(
+                listener,
+                collect_api::AppState::new(store),
+                shutdown_signal(),
+            )
+            .await?;
+            Ok(())
+        }
+        Command::Migrate { db } => migrate(&db).await,
+        Command::Org {
+            command: OrgCommand::Create { db, name },
+        } => {
+            let store = store(&db, 1).await?;
+            let org = store.create_org(&name).await?;
+            println!("{}", serde_json::to_string(&org)?);
+            Ok(())
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

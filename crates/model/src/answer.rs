@@ -1,0 +1,554 @@
+//! Answers: how a submitted JSON value is checked against its question and normalised, and the
+//! response document that carries a response's answers as one self-contained value.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::NaiveDate;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::text::{TEXT_MAX_CHARS, check_text};
+use crate::{FieldError, Question, QuestionType, normalize_email, normalize_phone};
+
+const METADATA_MAX_BYTES: usize = 16 * 1024;
+const METADATA_MAX_KEYS: usize = 64;
+
+/// A normalised answer value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AnswerValue {
+    /// text, long_text, email (domain lower-cased), phone (E.164) and single_choice (the code).
+    Text(String),
+    /// A finite JSON number.
+    Number(serde_json::Number),
+    /// A boolean.
+    Boolean(bool),
+    /// A calendar date.
+    Date(NaiveDate),
+    /// Distinct option codes of a multi_choice question, in the order given.
+    Choices(Vec<String>),
+}
+
+impl AnswerValue {
+    /// The value as JSON (dates as `YYYY-MM-DD`).
+    pub fn to_json(&self) -> Value {
+        match self {
+            Self::Text(s) => Value::String(s.clone()),
+            Self::Number(n) => Value::Number(n.clone()),
+            Self::Boolean(b) => Value::Bool(*b),
+            Self::Date(d) => Value::String(d.format("%Y-%m-%d").to_string()),
+            Self::Choices(c) => Value::Array(c.iter().cloned().map(Value::String).collect()),
+        }
+    }
+}
+
+/// One answer inside a [`ResponseDocument`]: the value with the question's alias and type at
+/// the time it was written, so the document reads on its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "RawEntry", into = "RawEntry")]
+pub struct AnswerEntry {
+    /// Alias of the question when the answer was written.
+    pub alias: Option<String>,
+    /// Type of the question.
+    pub qtype: QuestionType,
+    /// The normalised value.
+    pub value: AnswerValue,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RawEntry {
+    alias: Option<String>,
+    #[serde(rename = "type")]
+    qtype: QuestionType,
+    value: Value,
+}
+
+impl From<AnswerEntry> for RawEntry {
+    fn from(e: AnswerEntry) -> Self {
+        RawEntry {
+            value: e.value.to_json(),
+            alias: e.alias,
+            qtype: e.qtype,
+        }
+    }
+}
+
+impl TryFrom<RawEntry> for AnswerEntry {
+    type Error = String;
+    fn try_from(r: RawEntry) -> Result<Self, String> {
+        let value = decode_stored(r.qtype, &r.value).ok_or_else(|| {
+            format!(
+                "stored value {} does not fit type {}",
+                r.value,
+                r.qtype.as_str()
+            )
+        })?;
+        Ok(AnswerEntry {
+            alias: r.alias,
+            qtype: r.qtype,
+            value,
+        })
+    }
+}
+
+/// Decodes a value already normalised by [`check_value`] (no option checks: options may have
+/// changed since it was written).
+fn decode_stored(qtype: QuestionType, v: &Value) -> Option<AnswerValue> {
+    use QuestionType::*;
+    Some(match qtype {
+        Number => AnswerValue::Number(v.as_number()?.clone()),
+        Boolean => AnswerValue::Boolean(v.as_bool()?),
+        Date => AnswerValue::Date(NaiveDate::parse_from_str(v.as_str()?, "%Y-%m-%d").ok()?),
+        MultiChoice => AnswerValue::Choices(
+            v.as_array()?
+                .iter()
+                .map(|c| c.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()?,
+        ),
+        Text | LongText | Email | Phone | SingleChoice => {
+            AnswerValue::Text(v.as_str()?.to_string())
+        }
+    })
+}
+
+/// A response's answers keyed by question id: what the `responses.answers` column holds, what
+/// the API returns, and what the CDC reader carries in events.
+pub type ResponseDocument = BTreeMap<Uuid, AnswerEntry>;
+
+fn wrong_type(expected: &str) -> (&'static str, String) {
+    ("wrong_type", format!("expected {expected}"))
+}
+
+/// Checks one non-null JSON value against its question and normalises it. `Ok(None)` means
+/// the value is empty (blank text, no choices) and counts as no answer.
+fn check_value(q: &Question, v: &Value) -> Result<Option<AnswerValue>, (&'static str, String)> {
+    let text = |v: &Value| {
+        v.as_str()
+            .map(str::to_string)
+            .ok_or_else(|| wrong_type("a string"))
+    };
+    let value = match q.qtype {
+        QuestionType::Text | QuestionType::LongText => {
+            let s = text(v)?;
+            check_text(&s, TEXT_MAX_CHARS)?;
+            if s.trim().is_empty() {
+                return Ok(None);
+            }
+            AnswerValue::Text(s)
+        }
+        QuestionType::Email => {
+            let s = text(v)?;
+            if s.trim().is_empty() {
+                return Ok(None);
+            }
+            AnswerValue::Text(normalize_email(&s).map_err(|m| ("invalid_email", m))?)
+        }
+        QuestionType::Phone => {
+            let s = text(v)?;
+            if s.trim().is_empty() {
+                return Ok(None);
+            }
+            AnswerValue::Text(normalize_phone(&s).map_err(|m| ("invalid_phone", m))?)
+        }
+        QuestionType::Number => match v {
+            Value::Number(n) if n.as_f64().is_some_and(f64::is_finite) => {
+                AnswerValue::Number(n.clone())
+            }
+            _ => return Err(wrong_type("a number")),
+        },
+        QuestionType::Boolean => {
+            AnswerValue::Boolean(v.as_bool().ok_or_else(|| wrong_type("true or false"))?)
+        }
+        QuestionType::Date => {
+            let s = text(v)?;
+            let d = NaiveDate::parse_from_str(&s, "%Y-%m-%d")
+                .ok()
+                .filter(|_| s.len() == 10)
+                .ok_or_else(|| {
+                    (
+                        "invalid_date",
+                        format!("'{s}' is not a date in YYYY-MM-DD form"),
+                    )
+                })?;
+            AnswerValue::Date(d)
+        }
+        QuestionType::SingleChoice => {
+            let s = text(v)?;
+            check_choice(q, &s)?;
+            AnswerValue::Text(s)
+        }
+        QuestionType::MultiChoice => {
+            let items = v
+                .as_array()
+                .ok_or_else(|| wrong_type("an array of option codes"))?;
+            let mut codes: Vec<String> = Vec::with_capacity(items.len());
+            for item in items {
+                let s = item
+                    .as_str()
+                    .ok_or_else(|| wrong_type("an array of option codes"))?;
+                check_choice(q, s)?;
+                if codes.iter().any(|c| c == s) {
+                    return Err(("duplicate", format!("option '{s}' is chosen twice")));
+                }
+                codes.push(s.to_string());
+            }
+            if codes.is_empty() {
+                return Ok(None);
+            }
+            AnswerValue::Choices(codes)
+        }
+    };
+    Ok(Some(value))
+}
+
+fn check_choice(q: &Question, code: &str) -> Result<(), (&'static str, String)> {
+    if q.options.iter().any(|o| o.code == code) {
+        Ok(())
+    } else {
+        let codes: Vec<&str> = q.options.iter().map(|o| o.code.as_str()).collect();
+        Err((
+            "invalid_choice",
+            format!(
+                "'{code}' is not an option; options are: {}",
+                codes.join(", ")
+            ),
+        ))
+    }
+}
+
+/// Finds the questions that the keys of `answers` name (by id or alias) among `questions`
+/// (the form's live questions), refusing unknown and doubly named ones.
+fn resolve_keys<'q, 'a>(
+    questions: &'q [Question],
+    answers: &'a Map<String, Value>,
+    errors: &mut Vec<FieldError>,
+) -> Vec<(&'q Question, &'a str, &'a Value)> {
+    let by_id: HashMap<Uuid, &Question> = questions.iter().map(|q| (q.id, q)).collect();
+    let by_alias: HashMap<&str, &Question> = questions
+        .iter()
+        .filter_map(|q| q.alias.as_deref().map(|a| (a, q)))
+        .collect();
+    let mut seen: HashMap<Uuid, &str> = HashMap::new();
+    let mut out = Vec::with_capacity(answers.len());
+    for (key, value) in answers {
+        let q = Uuid::parse_str(key)
+            .ok()
+            .and_then(|id| by_id.get(&id).copied())
+            .or_else(|| by_alias.get(key.as_str()).copied());
+        let Some(q) = q else {
+            errors.push(FieldError::new(
+                format!("answers.{key}"),
+                "unknown_question",
+                format!("'{key}' is neither the id nor the alias of a question of this form"),
+            ));
+            continue;
+        };
+        if let Some(other) = seen.insert(q.id, key) {
+            errors.push(FieldError::new(
+                format!("answers.{key}"),
+                "duplicate",
+                format!("'{key}' and '{other}' name the same question"),
+            ));
+            continue;
+        }
+        out.push((q, key.as_str(), value));
+    }
+    out
+}
+
+fn entry(q: &Question, value: AnswerValue) -> AnswerEntry {
+    AnswerEntry {
+        alias: q.alias.clone(),
+        qtype: q.qtype,
+        value,
+    }
+}
+
+/// Validates a new submission against the form's live `questions` and returns its document.
+///
+/// Keys are question ids or aliases; `null`, blank text and empty choice lists count as no
+/// answer. Every required question must be answered. All problems are reported at once.
+pub fn resolve_answers(
+    questions: &[Question],
+    answers: &Map<String, Value>,
+) -> Result<ResponseDocument, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let mut doc = ResponseDocument::new();
+    for (q, key, value) in resolve_keys(questions, answers, &mut errors) {
+        if value.is_null() {
+            continue;
+        }
+        match check_value(q, value) {
+            Ok(Some(v)) => {
+                doc.insert(q.id, entry(q, v));
+            }
+            Ok(None) => {}
+            Err((code, message)) => {
+                errors.push(FieldError::new(format!("answers.{key}"), code, message))
+            }
+        }
+    }
+    for q in questions.iter().filter(|q| q.required) {
+        if !doc.contains_key(&q.id) && !errors.iter().any(|e| refers_to(e, q)) {
+            errors.push(FieldError::new(
+                format!(
+                    "answers.{}",
+                    q.alias.clone().unwrap_or_else(|| q.id.to_string())
+                ),
+                "required",
+                format!("question '{}' is required", q.label),
+            ));
+        }
+    }
+    if errors.is_empty() {
+        Ok(doc)
+    } else {
+        Err(errors)
+    }
+}
+
+fn refers_to(e: &FieldError, q: &Question) -> bool {
+    let key = e.field.strip_prefix("answers.").unwrap_or_default();
+    key == q.id.to_string() || q.alias.as_deref() == Some(key)
+}
+
+/// Applies an edit to an existing document: each key of `patch` replaces that answer, `null`
+/// (or an empty value) removes it. Answers not named are kept, including answers to questions
+/// deleted since. A required question cannot lose its answer.
+pub fn apply_answer_patch(
+    questions: &[Question],
+    current: &ResponseDocument,
+    patch: &Map<String, Value>,
+) -> Result<ResponseDocument, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let mut doc = current.clone();
+    for (q, key, value) in resolve_keys(questions, patch, &mut errors) {
+        let checked = if value.is_null() {
+            Ok(None)
+        } else {
+            check_value(q, value)
+        };
+        match checked {
+            Ok(Some(v)) => {
+                doc.insert(q.id, entry(q, v));
+            }
+            Ok(None) if q.required => errors.push(FieldError::new(
+                format!("answers.{key}"),
+                "required",
+                format!("question '{}' is required and cannot be cleared", q.label),
+            )),
+            Ok(None) => {
+                doc.remove(&q.id);
+            }
+            Err((code, message)) => {
+                errors.push(FieldError::new(format!("answers.{key}"), code, message))
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(doc)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Checks a response's free metadata: a JSON object of at most 64 keys and 16 KiB, with no NUL
+/// characters (Postgres `jsonb` cannot hold them).
+pub fn validate_metadata(metadata: &Value) -> Result<(), FieldError> {
+    let Value::Object(map) = metadata else {
+        return Err(FieldError::new(
+            "metadata",
+            "wrong_type",
+            "expected a JSON object",
+        ));
+    };
+    if map.len() > METADATA_MAX_KEYS {
+        return Err(FieldError::new(
+            "metadata",
+            "too_many",
+            format!("at most {METADATA_MAX_KEYS} keys"),
+        ));
+    }
+    let size = serde_json::to_string(metadata)
+        .map(|s| s.len())
+        .unwrap_or(usize::MAX);
+    if size > METADATA_MAX_BYTES {
+        return Err(FieldError::new(
+            "metadata",
+            "too_long",
+            format!("metadata is {size} bytes as JSON; the limit is {METADATA_MAX_BYTES}"),
+        ));
+    }
+    if has_nul(metadata) {
+        return Err(FieldError::new(
+            "metadata",
+            "invalid_character",
+            "metadata must not contain NUL characters",
+        ));
+    }
+    Ok(())
+}
+
+fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(has_nul),
+        Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ChoiceOption;
+    use serde_json::json;
+
+    fn q(n: u128, qtype: QuestionType, alias: &str, required: bool) -> Question {
+        Question {
+            id: Uuid::from_u128(n),
+            label: format!("Q{n}"),
+            qtype,
+            alias: Some(alias.into()),
+            position: n as i32,
+            required,
+            options: if qtype.is_choice() {
+                vec![
+                    ChoiceOption {
+                        code: "a".into(),
+                        label: "A".into(),
+                    },
+                    ChoiceOption {
+                        code: "b".into(),
+                        label: "B".into(),
+                    },
+                ]
+            } else {
+                vec![]
+            },
+        }
+    }
+
+    fn form() -> Vec<Question> {
+        use QuestionType::*;
+        vec![
+            q(1, Text, "name", true),
+            q(2, Number, "age", false),
+            q(3, Email, "email", false),
+            q(4, Phone, "phone", false),
+            q(5, SingleChoice, "pick", false),
+            q(6, MultiChoice, "many", false),
+            q(7, Date, "day", false),
+            q(8, Boolean, "ok", false),
+            q(9, LongText, "essay", false),
+        ]
+    }
+
+    fn map(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn normalises_every_type() {
+        let doc = resolve_answers(
+            &form(),
+            &map(json!({
+                "name": "Ann", "age": 41.5, "email": "a@EXAMPLE.com", "phone": "+1 415 555 0100",
+                "pick": "b", "many": ["b", "a"], "day": "2024-02-29", "ok": false,
+                Uuid::from_u128(9).to_string(): "long"
+            })),
+        )
+        .unwrap();
+        let json = serde_json::to_value(&doc).unwrap();
+        let values: Vec<Value> = doc.values().map(|e| e.value.to_json()).collect();
+        assert_eq!(
+            values,
+            vec![
+                json!("Ann"),
+                json!(41.5),
+                json!("a@example.com"),
+                json!("+14155550100"),
+                json!("b"),
+                json!(["b", "a"]),
+                json!("2024-02-29"),
+                json!(false),
+                json!("long")
+            ]
+        );
+        assert_eq!(json[Uuid::from_u128(4).to_string()]["type"], "phone");
+        let back: ResponseDocument = serde_json::from_value(json).unwrap();
+        assert_eq!(back, doc);
+    }
+
+    #[test]
+    fn reports_every_problem_at_once() {
+        let errs = resolve_answers(
+            &form(),
+            &map(json!({
+                "age": "12", "email": "nope", "phone": "555", "pick": "z", "many": ["a", "a"],
+                "day": "2023-02-29", "ok": "yes", "ghost": 1,
+                "essay": "x".repeat(TEXT_MAX_CHARS + 1)
+            })),
+        )
+        .unwrap_err();
+        let mut got: Vec<(String, &str)> = errs.into_iter().map(|e| (e.field, e.code)).collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                ("answers.age".into(), "wrong_type"),
+                ("answers.day".into(), "invalid_date"),
+                ("answers.email".into(), "invalid_email"),
+                ("answers.essay".into(), "too_long"),
+                ("answers.ghost".into(), "unknown_question"),
+                ("answers.many".into(), "duplicate"),
+                ("answers.name".into(), "required"),
+                ("answers.ok".into(), "wrong_type"),
+                ("answers.phone".into(), "invalid_phone"),
+                ("answers.pick".into(), "invalid_choice"),
+            ]
+        );
+    }
+
+    #[test]
+    fn blank_counts_as_missing_and_id_plus_alias_is_a_duplicate() {
+        let errs = resolve_answers(&form(), &map(json!({"name": "  "}))).unwrap_err();
+        assert_eq!(errs[0].code, "required");
+        let errs = resolve_answers(
+            &form(),
+            &map(json!({"name": "A", Uuid::from_u128(1).to_string(): "B"})),
+        )
+        .unwrap_err();
+        assert_eq!(errs[0].code, "duplicate");
+    }
+
+    #[test]
+    fn patch_replaces_removes_and_protects_required() {
+        let qs = form();
+        let doc = resolve_answers(&qs, &map(json!({"name": "Ann", "age": 3}))).unwrap();
+        let next = apply_answer_patch(&qs, &doc, &map(json!({"age": null, "ok": true}))).unwrap();
+        assert_eq!(next.len(), 2);
+        assert_eq!(next[&Uuid::from_u128(8)].value, AnswerValue::Boolean(true));
+        let errs = apply_answer_patch(&qs, &doc, &map(json!({"name": null}))).unwrap_err();
+        assert_eq!(errs[0].code, "required");
+    }
+
+    #[test]
+    fn metadata_rules() {
+        assert!(validate_metadata(&json!({"utm": "x"})).is_ok());
+        assert_eq!(
+            validate_metadata(&json!([1])).unwrap_err().code,
+            "wrong_type"
+        );
+        assert_eq!(
+            validate_metadata(&json!({"a": "\u{0}"})).unwrap_err().code,
+            "invalid_character"
+        );
+        assert_eq!(
+            validate_metadata(&json!({"a": "x".repeat(20_000)}))
+                .unwrap_err()
+                .code,
+            "too_long"
+        );
+    }
+}
