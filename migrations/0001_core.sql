@@ -83,7 +83,8 @@ CREATE TABLE responses (
 CREATE UNIQUE INDEX responses_idempotency_uq ON responses (form_id, idempotency_key);
 
 -- One row per (response, question): the relational projection of the response document,
--- with the value in the column of its type, for queries and reporting.
+-- with the value in the column of its type, for queries and reporting. Written only by the
+-- statement or transaction that writes its response (no foreign key: see README).
 CREATE TABLE answers (
     form_id        uuid NOT NULL,
     response_id    uuid NOT NULL,
@@ -96,7 +97,6 @@ CREATE TABLE answers (
     created_at     timestamptz NOT NULL DEFAULT now(),
     updated_at     timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (form_id, response_id, question_id),
-    FOREIGN KEY (form_id, response_id) REFERENCES responses (form_id, id) ON DELETE CASCADE,
     CHECK (num_nonnulls(value_text, value_number, value_boolean, value_date, value_choices) = 1)
 ) PARTITION BY HASH (form_id);
 -- Per-question reporting (counts per choice, numeric aggregates) within a form.

@@ -1,0 +1,28 @@
+//! `collect-bench`: load harnesses that print figures. Run them against a stack started with
+//! `COLLECT_PROFILE=release deploy/dev up`; the commands and the figures they printed go into
+//! docs/benchmarks.md.
+
+mod api;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "collect-bench", about = "Collect load harnesses")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Submissions per second and latency of `POST /v1/forms/{id}/responses`.
+    Api(api::Args),
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Api(args) => api::run(args).await,
+    }
+}
