@@ -55,6 +55,21 @@ enum Command {
         #[arg(long)]
         migrate: bool,
     },
+    /// Serve the Confluent-compatible schema registry (storage in Postgres).
+    Registry {
+        #[command(flatten)]
+        db: Db,
+        /// Address to listen on.
+        #[arg(
+            long,
+            env = "COLLECT_REGISTRY_LISTEN",
+            default_value = "127.0.0.1:8081"
+        )]
+        listen: String,
+        /// Apply pending migrations before serving.
+        #[arg(long)]
+        migrate: bool,
+    },
     /// Apply pending database migrations.
     Migrate {
         #[command(flatten)]
@@ -160,6 +175,26 @@ async fn run(cli: Cli) -> Result<()> {
                 shutdown_signal(),
             )
             .await?;
+            Ok(())
+        }
+        Command::Registry {
+            db,
+            listen,
+            migrate: apply,
+        } => {
+            if apply {
+                migrate(&db).await?;
+            }
+            let store = store(&db, 8).await?;
+            store
+                .ready()
+                .await
+                .context("the database is not ready for this version")?;
+            let listener = TcpListener::bind(&listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            tracing::info!(addr = %listener.local_addr()?, "schema registry listening");
+            collect_registry::serve(listener, store.pool().clone(), shutdown_signal()).await?;
             Ok(())
         }
         Command::Migrate { db } => migrate(&db).await,

@@ -18,11 +18,18 @@ pub struct Migration {
 }
 
 /// Every migration, in order. A unit test checks this list against the directory.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_core",
-    sql: include_str!("../../../migrations/0001_core.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_core",
+        sql: include_str!("../../../migrations/0001_core.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_registry",
+        sql: include_str!("../../../migrations/0002_registry.sql"),
+    },
+];
 
 /// Advisory lock key held while migrating ("collect" in ASCII).
 const LOCK_KEY: i64 = 0x0063_6f6c_6c65_6374;
