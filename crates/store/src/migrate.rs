@@ -29,6 +29,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_registry",
         sql: include_str!("../../../migrations/0002_registry.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_cdc",
+        sql: include_str!("../../../migrations/0003_cdc.sql"),
+    },
 ];
 
 /// Advisory lock key held while migrating ("collect" in ASCII).

@@ -1,0 +1,331 @@
+//! The reader's Kafka side: topics, schema registration, encoding and an idempotent producer
+//! (acks=all) whose delivery reports come back as [`Ack`]s tagged with the transaction.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use apache_avro::Schema;
+use collect_events::{FORM_EVENT_SCHEMA, RESPONSE_EVENT_SCHEMA, partition_for, value_subject};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Message};
+use schema_registry_converter::async_impl::schema_registry::{SrSettings, post_schema};
+use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSchema};
+use tokio::sync::mpsc;
+
+use crate::CdcError;
+use crate::assemble::Event;
+
+/// Kafka settings of the reader.
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// Topic of response events.
+    pub responses_topic: String,
+    /// Topic of form and question events.
+    pub forms_topic: String,
+    /// Topic of changes that could not become events.
+    pub dead_letter_topic: String,
+    /// Partitions of topics the reader creates.
+    pub partitions: i32,
+    /// Replication factor of topics the reader creates (-1: the broker's default).
+    pub replication_factor: i32,
+    /// How long librdkafka keeps retrying a record before it fails the session.
+    pub message_timeout: Duration,
+    /// Most records queued in the producer (the back-pressure bound).
+    pub max_queued: usize,
+    /// Extra librdkafka settings (`security.protocol`, `sasl.*`, ...).
+    pub extra: Vec<(String, String)>,
+}
+
+impl KafkaSettings {
+    fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        for (k, v) in &self.extra {
+            c.set(k, v);
+        }
+        c
+    }
+}
+
+/// A delivery report: the broker acknowledged (or definitively failed) one record of the
+/// transaction `seq`.
+#[derive(Debug)]
+pub struct Ack {
+    /// The transaction's sequence number in the tracker.
+    pub seq: u64,
+    /// The error, if the record could not be delivered.
+    pub error: Option<String>,
+    /// The topic of the record.
+    pub topic: String,
+}
+
+/// Forwards librdkafka's delivery callbacks into a channel.
+pub struct DeliveryContext {
+    acks: mpsc::UnboundedSender<Ack>,
+}
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, seq: usize) {
+        let (error, topic) = match result {
+            Ok(m) => (None, m.topic().to_string()),
+            Err((e, m)) => (Some(e.to_string()), m.topic().to_string()),
+        };
+        // The receiver is gone only when the session ended; its records are re-read anyway.
+        let _ = self.acks.send(Ack {
+            seq: seq as u64,
+            error,
+            topic,
+        });
+    }
+}
+
+/// A record ready for the producer.
+#[derive(Debug, Clone)]
+pub struct OutRecord {
+    /// Topic.
+    pub topic: String,
+    /// Partition (chosen by form).
+    pub partition: i32,
+    /// Key.
+    pub key: String,
+    /// Value.
+    pub payload: Vec<u8>,
+    /// Headers.
+    pub headers: Vec<(String, String)>,
+}
+
+/// Why a record was not taken by the producer.
+pub enum SendRefused {
+    /// The producer queue is full: wait for acknowledgements and retry.
+    QueueFull,
+    /// Any other producer error.
+    Failed(KafkaError),
+}
+
+/// The reader's connection to Kafka and the registry, for one session.
+pub struct Output {
+    producer: ThreadedProducer<DeliveryContext>,
+    partitions: HashMap<String, i32>,
+    response_schema: (u32, Schema),
+    form_schema: (u32, Schema),
+    settings: KafkaSettings,
+}
+
+/// Creates the topics if they do not exist (compacted: the latest state of every response,
+/// form and question is kept forever, so a new sink can backfill from the topic).
+pub async fn ensure_topics(s: &KafkaSettings) -> Result<(), CdcError> {
+    let admin: AdminClient<DefaultClientContext> = s.client_config().create()?;
+    let compacted = [("cleanup.policy", "compact")];
+    let dlq_retention = [("cleanup.policy", "delete"), ("retention.ms", "2592000000")];
+    let topics: Vec<NewTopic<'_>> = vec![
+        (s.responses_topic.as_str(), &compacted[..]),
+        (s.forms_topic.as_str(), &compacted[..]),
+        (s.dead_letter_topic.as_str(), &dlq_retention[..]),
+    ]
+    .into_iter()
+    .map(|(name, config)| {
+        config.iter().fold(
+            NewTopic::new(
+                name,
+                s.partitions,
+                TopicReplication::Fixed(s.replication_factor),
+            ),
+            |t, (k, v)| t.set(k, v),
+        )
+    })
+    .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for result in admin.create_topics(topics.iter(), &opts).await? {
+        match result {
+            Ok(name) => tracing::info!(topic = name, partitions = s.partitions, "created topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(CdcError::Kafka(format!("creating topic {name}: {code}")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The partition count of each of the reader's topics, from the broker's metadata.
+async fn partition_counts(s: &KafkaSettings) -> Result<HashMap<String, i32>, CdcError> {
+    let client: BaseConsumer = s.client_config().create()?;
+    let topics = [
+        s.responses_topic.clone(),
+        s.forms_topic.clone(),
+        s.dead_letter_topic.clone(),
+    ];
+    tokio::task::spawn_blocking(move || {
+        let mut counts = HashMap::new();
+        for topic in topics {
+            let meta = client.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
+            let n = meta
+                .topics()
+                .first()
+                .map(|t| t.partitions().len() as i32)
+                .filter(|n| *n > 0)
+                .ok_or_else(|| CdcError::Kafka(format!("topic {topic} has no partitions")))?;
+            counts.insert(topic, n);
+        }
+        Ok(counts)
+    })
+    .await
+    .map_err(|e| CdcError::Kafka(format!("metadata task: {e}")))?
+}
+
+/// Registers an event schema under `<topic>-value`; returns its id and parsed form.
+async fn register(
+    sr: &SrSettings,
+    topic: &str,
+    name: &str,
+    schema: &str,
+) -> Result<(u32, Schema), CdcError> {
+    let registered = post_schema(
+        sr,
+        value_subject(topic),
+        SuppliedSchema::new(Some(name.to_string()), SchemaType::Avro, schema.to_string()),
+    )
+    .await
+    .map_err(|e| CdcError::Registry(format!("registering {}: {e}", value_subject(topic))))?;
+    let parsed = Schema::parse_str(schema).map_err(|e| CdcError::Registry(e.to_string()))?;
+    Ok((registered.id, parsed))
+}
+
+impl Output {
+    /// Registers the schemas, learns the partition counts and opens the producer. Returns it
+    /// with the receiving end of its delivery reports.
+    pub async fn open(
+        s: &KafkaSettings,
+        registry_url: &str,
+    ) -> Result<(Self, mpsc::UnboundedReceiver<Ack>), CdcError> {
+        let sr = SrSettings::new(registry_url.to_string());
+        let response_schema = register(
+            &sr,
+            &s.responses_topic,
+            "io.collect.events.ResponseEvent",
+            RESPONSE_EVENT_SCHEMA,
+        )
+        .await?;
+        let form_schema = register(
+            &sr,
+            &s.forms_topic,
+            "io.collect.events.FormEvent",
+            FORM_EVENT_SCHEMA,
+        )
+        .await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut config = s.client_config();
+        config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("compression.type", "lz4")
+            .set("linger.ms", "5")
+            .set("queue.buffering.max.messages", s.max_queued.to_string())
+            .set("queue.buffering.max.kbytes", "65536")
+            .set(
+                "message.timeout.ms",
+                s.message_timeout.as_millis().to_string(),
+            );
+        let producer: ThreadedProducer<DeliveryContext> =
+            config.create_with_context(DeliveryContext { acks: tx })?;
+        let partitions = partition_counts(s).await?;
+        Ok((
+            Self {
+                producer,
+                partitions,
+                response_schema,
+                form_schema,
+                settings: s.clone(),
+            },
+            rx,
+        ))
+    }
+
+    fn partition(&self, topic: &str, form_id: &str) -> i32 {
+        partition_for(form_id, self.partitions.get(topic).copied().unwrap_or(1))
+    }
+
+    /// Encodes an event into its record; an encoding failure is returned for the
+    /// dead-letter topic.
+    pub fn encode(&self, event: &Event) -> Result<OutRecord, String> {
+        let (topic, payload) = match event {
+            Event::Response(r) => (
+                &self.settings.responses_topic,
+                collect_events::encode(self.response_schema.0, &self.response_schema.1, r),
+            ),
+            Event::Form(f) => (
+                &self.settings.forms_topic,
+                collect_events::encode(self.form_schema.0, &self.form_schema.1, f),
+            ),
+        };
+        Ok(OutRecord {
+            topic: topic.clone(),
+            partition: self.partition(topic, event.form_id()),
+            key: event.key().to_string(),
+            payload: payload.map_err(|e| format!("avro encoding failed: {e}"))?,
+            headers: Vec::new(),
+        })
+    }
+
+    /// A dead-letter record: the raw change as JSON, the reason in headers.
+    pub fn dead_letter(
+        &self,
+        form_id: Option<&str>,
+        key: String,
+        body: serde_json::Value,
+        headers: Vec<(String, String)>,
+    ) -> OutRecord {
+        let topic = self.settings.dead_letter_topic.clone();
+        OutRecord {
+            partition: form_id.map(|f| self.partition(&topic, f)).unwrap_or(0),
+            topic,
+            key,
+            payload: body.to_string().into_bytes(),
+            headers,
+        }
+    }
+
+    /// Hands a record to the producer without waiting; its delivery report comes as an
+    /// [`Ack`] for `seq`.
+    pub fn try_send(&self, record: &OutRecord, seq: u64) -> Result<(), SendRefused> {
+        let headers = record
+            .headers
+            .iter()
+            .fold(OwnedHeaders::new(), |h, (k, v)| {
+                h.insert(Header {
+                    key: k,
+                    value: Some(v.as_bytes()),
+                })
+            });
+        let base = BaseRecord::with_opaque_to(&record.topic, seq as usize)
+            .partition(record.partition)
+            .key(&record.key)
+            .payload(&record.payload)
+            .headers(headers);
+        match self.producer.send(base) {
+            Ok(()) => Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                Err(SendRefused::QueueFull)
+            }
+            Err((e, _)) => Err(SendRefused::Failed(e)),
+        }
+    }
+
+    /// Waits (bounded) for queued records to be delivered, then drops the producer.
+    pub async fn close(self, timeout: Duration) {
+        let producer = self.producer;
+        let _ = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
+    }
+}
