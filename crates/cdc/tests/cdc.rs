@@ -180,3 +180,348 @@ async fn existing_and_new_responses_arrive_in_form_order() {
     }
     reader.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_during_the_snapshot_are_neither_lost_nor_duplicated() {
+    let s = Stack::new().await;
+    let form = s.form("busy").await["id"].as_str().unwrap().to_string();
+    let mut expected = BTreeSet::new();
+    for i in 0..150 {
+        expected.insert(s.submit(&form, json!({"name": format!("pre {i}")})).await);
+    }
+    // A writer keeps submitting while the reader creates its slot and reads the snapshot.
+    let writer = {
+        let (api, key, form) = (s.api.clone(), s.key.clone(), form.clone());
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut ids = BTreeSet::new();
+            for i in 0..150 {
+                let r: serde_json::Value = http
+                    .post(format!("{api}/v1/forms/{form}/responses"))
+                    .bearer_auth(&key)
+                    .json(&json!({"answers": {"name": format!("during {i}")}}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                ids.insert(r["id"].as_str().unwrap().to_string());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            ids
+        })
+    };
+    let mut cfg = s.config();
+    cfg.snapshot_chunk = 10;
+    let reader = s.start_reader(cfg);
+    expected.extend(writer.await.unwrap());
+    let events = s.responses(WAIT, |evs| ids(evs).len() == 300).await;
+    assert_eq!(ids(&events), expected);
+    // Each response is either in the snapshot or a change after it, never both, never twice.
+    let mut seen: HashMap<&str, Vec<ResponseOp>> = HashMap::new();
+    for e in &events {
+        seen.entry(&e.value.response_id)
+            .or_default()
+            .push(e.value.op);
+    }
+    for (id, ops) in &seen {
+        assert!(
+            ops == &[ResponseOp::Snapshot] || ops == &[ResponseOp::Created],
+            "{id}: {ops:?}"
+        );
+    }
+    assert!(
+        seen.values().any(|o| o == &[ResponseOp::Created]),
+        "some writes came after the snapshot point"
+    );
+    reader.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_snapshot_resumes_instead_of_restarting() {
+    let s = Stack::new().await;
+    let form = s.form("big").await["id"].as_str().unwrap().to_string();
+    // Rows straight in SQL: quicker than the API for a few hundred.
+    let org: String = s
+        .sql
+        .query_one("SELECT org_id::text FROM forms LIMIT 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    s.sql
+        .execute(
+            "INSERT INTO responses (form_id, id, org_id, answers)
+             SELECT $1::text::uuid, gen_random_uuid(), $2::text::uuid, '{}' FROM generate_series(1, 400)",
+            &[&form, &org],
+        )
+        .await
+        .unwrap();
+    let mut cfg = s.config();
+    cfg.snapshot_chunk = 5;
+    let reader = s.start_reader(cfg.clone());
+    // Crash the reader once some chunks are acknowledged, well before the end.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let done: Option<i64> = s
+            .sql
+            .query_opt(
+                "SELECT rows_done FROM cdc_snapshots WHERE slot_name = $1",
+                &[&s.name],
+            )
+            .await
+            .unwrap()
+            .map(|r| r.get(0));
+        if done.unwrap_or(0) >= 100 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    reader.task.abort();
+    let _ = reader.task.await;
+    let done_at_crash: i64 = s
+        .sql
+        .query_one(
+            "SELECT rows_done FROM cdc_snapshots WHERE slot_name = $1",
+            &[&s.name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        done_at_crash < 400,
+        "the snapshot finished before the crash; make it bigger"
+    );
+
+    let reader = s.start_reader(cfg);
+    let events = s.responses(WAIT, |evs| ids(evs).len() == 400).await;
+    let snapshot_records = events
+        .iter()
+        .filter(|e| e.value.op == ResponseOp::Snapshot)
+        .count();
+    // Acknowledged chunks are not read again: at most the chunk in flight is repeated
+    // (plus whatever the producer had sent past the last stored chunk).
+    assert!(
+        snapshot_records < 400 + 200,
+        "{snapshot_records} records: the snapshot restarted"
+    );
+    let completed: bool = s
+        .sql
+        .query_one(
+            "SELECT completed_at IS NOT NULL FROM cdc_snapshots WHERE slot_name = $1",
+            &[&s.name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(completed);
+    reader.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_toast_values_are_carried_not_lost() {
+    let s = Stack::new().await;
+    let form = s.form("toast").await["id"].as_str().unwrap().to_string();
+    let reader = s.start_reader(s.config());
+    reader.streaming().await;
+    // 50,000 characters that do not compress: the document is stored out of line.
+    let essay: String = (0..50_000u64)
+        .map(|i| char::from(b'a' + ((i.wrapping_mul(2_654_435_761) >> 7) % 26) as u8))
+        .collect();
+    let id = s
+        .submit(&form, json!({"name": "Toast", "essay": essay}))
+        .await;
+    let stored: i32 = s
+        .sql
+        .query_one(
+            "SELECT pg_column_size(answers) FROM responses WHERE id = $1::text::uuid",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(stored > 2000, "document should be TOASTed");
+    // These updates leave the document column untouched: pgoutput sends it as "unchanged".
+    s.sql
+        .execute(
+            "UPDATE responses SET source = 'import' WHERE id = $1::text::uuid",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    s.call(
+        Method::DELETE,
+        &format!("/v1/forms/{form}/responses/{id}"),
+        None,
+    )
+    .await;
+    let events = s.responses(WAIT, |evs| evs.len() == 3).await;
+    let ops: Vec<ResponseOp> = events.iter().map(|e| e.value.op).collect();
+    assert_eq!(
+        ops,
+        vec![
+            ResponseOp::Created,
+            ResponseOp::Updated,
+            ResponseOp::Deleted
+        ]
+    );
+    for e in &events {
+        let got = e
+            .value
+            .answers
+            .iter()
+            .find(|a| a.alias.as_deref() == Some("essay"))
+            .unwrap();
+        assert_eq!(
+            got.text.as_deref(),
+            Some(essay.as_str()),
+            "{:?} lost the essay",
+            e.value.op
+        );
+    }
+    assert_eq!(events[1].value.source, "import");
+    reader.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_changes_go_to_the_dead_letter_topic_and_the_stream_goes_on() {
+    let s = Stack::new().await;
+    let form = s.form("dlq").await["id"].as_str().unwrap().to_string();
+    let reader = s.start_reader(s.config());
+    reader.streaming().await;
+    let bad = s.submit(&form, json!({"name": "will be corrupted"})).await;
+    // Someone edits the document by hand into something that is not a response document.
+    s.sql
+        .execute(
+            "UPDATE responses SET answers = '{\"not-a-question-id\": 5}' WHERE id = $1::text::uuid",
+            &[&bad],
+        )
+        .await
+        .unwrap();
+    // A schema change: a new column is picked up from the Relation message.
+    s.sql
+        .batch_execute("ALTER TABLE responses ADD COLUMN note text DEFAULT 'n'")
+        .await
+        .unwrap();
+    let good = s.submit(&form, json!({"name": "after"})).await;
+    s.sql.batch_execute("TRUNCATE answers").await.unwrap();
+    let events = s.responses(WAIT, |evs| ids(evs).contains(&good)).await;
+    assert_eq!(
+        events.iter().filter(|e| e.value.response_id == bad).count(),
+        1,
+        "only the creation"
+    );
+    let dlq = s.read_raw(&s.topic("dlq"), WAIT, |r| !r.is_empty()).await;
+    assert_eq!(dlq.len(), 1);
+    let common::RawRec {
+        key,
+        payload,
+        headers,
+        ..
+    } = &dlq[0];
+    assert!(key.starts_with("responses/"), "{key}");
+    let body: serde_json::Value = serde_json::from_slice(payload).unwrap();
+    assert_eq!(body["table"], "responses");
+    assert_eq!(body["op"], "update");
+    assert_eq!(body["row"]["id"], bad.as_str());
+    assert!(
+        headers["collect.reason"].contains("not a response document"),
+        "{headers:?}"
+    );
+    assert_eq!(reader.metrics.dead_letters.get(), 1);
+    reader.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_slot_advances_when_only_unpublished_tables_are_written() {
+    let s = Stack::new().await;
+    s.form("quiet").await;
+    let reader = s.start_reader(s.config());
+    reader.streaming().await;
+    s.sql
+        .batch_execute("CREATE TABLE scratch (v text)")
+        .await
+        .unwrap();
+    let before = s.confirmed_lsn().await;
+    for _ in 0..20 {
+        s.sql
+            .batch_execute(
+                "INSERT INTO scratch SELECT repeat('x', 1000) FROM generate_series(1, 200)",
+            )
+            .await
+            .unwrap();
+    }
+    let written: i64 = s
+        .sql
+        .query_one("SELECT (pg_current_wal_lsn() - '0/0')::bigint", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while s.confirmed_lsn().await < written as u64 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "slot stuck at {:x} (was {before:x})",
+            s.confirmed_lsn().await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    reader.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_when_the_active_reader_dies() {
+    let s = Stack::new().await;
+    let form = s.form("ha").await["id"].as_str().unwrap().to_string();
+    let active = s.start_reader(s.config());
+    active.streaming().await;
+    let standby = s.start_reader(s.config());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while standby.metrics.status().state != "standby" {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let first = s.submit(&form, json!({"name": "one"})).await;
+    s.responses(WAIT, |evs| ids(evs).contains(&first)).await;
+    // The active reader dies: its connections drop with it.
+    active.task.abort();
+    let _ = active.task.await;
+    let died = tokio::time::Instant::now();
+    standby.streaming().await;
+    let took = died.elapsed();
+    assert!(took < Duration::from_secs(10), "takeover took {took:?}");
+    let second = s.submit(&form, json!({"name": "two"})).await;
+    s.responses(WAIT, |evs| ids(evs).contains(&second)).await;
+    standby.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_transaction_streams_through() {
+    let s = Stack::new().await;
+    let form = s.form("bulk").await["id"].as_str().unwrap().to_string();
+    let reader = s.start_reader(s.config());
+    reader.streaming().await;
+    let org: String = s
+        .sql
+        .query_one("SELECT org_id::text FROM forms LIMIT 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let n = 50_000;
+    s.sql
+        .execute(
+            "INSERT INTO responses (form_id, id, org_id, answers)
+             SELECT $1::text::uuid, gen_random_uuid(), $2::text::uuid, '{}' FROM generate_series(1, $3::int)",
+            &[&form, &org, &n],
+        )
+        .await
+        .unwrap();
+    let events = s
+        .responses(Duration::from_secs(240), |evs| evs.len() >= n as usize)
+        .await;
+    assert_eq!(ids(&events).len(), n as usize);
+    let xids: BTreeSet<i64> = events.iter().map(|e| e.value.xid).collect();
+    assert_eq!(xids.len(), 1, "one transaction");
+    reader.stop().await;
+}
