@@ -38,6 +38,9 @@ pub struct PgOptions {
     /// `fsync` off makes tests faster; killing Postgres still loses nothing (the OS keeps
     /// the written pages), only a machine crash would.
     pub fsync: bool,
+    /// Password authentication over TCP (`password`, `md5` or `scram-sha-256`) with this
+    /// superuser password; trust when `None`.
+    pub password_auth: Option<(String, String)>,
 }
 
 /// A running (or stopped, for fault injection) Postgres cluster.
@@ -45,6 +48,7 @@ pub struct PgOptions {
 pub struct PgCluster {
     dir: PathBuf,
     port: u16,
+    password: Option<String>,
     spec: ServerSpec,
     server: Option<Guarded>,
 }
@@ -76,21 +80,28 @@ impl PgCluster {
         } else {
             Command::new(bin.join("initdb"))
         };
-        let out = initdb
+        initdb
             .arg("-D")
             .arg(&data)
-            .args([
-                "-U",
-                USER,
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--no-sync",
-            ])
-            .output()
-            .context("running initdb")?;
+            .args(["-U", USER, "-E", "UTF8", "--locale=C", "--no-sync"]);
+        match &options.password_auth {
+            None => {
+                initdb.args(["-A", "trust"]);
+            }
+            Some((method, password)) => {
+                let pwfile = dir.join("pwfile");
+                std::fs::write(&pwfile, password)?;
+                if as_root {
+                    let (uid, gid) = user_ids(USER)?;
+                    std::os::unix::fs::chown(&pwfile, Some(uid), Some(gid))?;
+                }
+                initdb
+                    .arg(format!("--auth-host={method}"))
+                    .arg("--auth-local=trust")
+                    .arg(format!("--pwfile={}", pwfile.display()));
+            }
+        }
+        let out = initdb.output().context("running initdb")?;
         if !out.status.success() {
             bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
         }
@@ -136,11 +147,28 @@ impl PgCluster {
             let mut cluster = Self {
                 dir: dir.clone(),
                 port,
+                password: options.password_auth.as_ref().map(|(_, p)| p.clone()),
                 spec,
                 server: None,
             };
             match cluster.launch().await {
-                Ok(()) => return Ok(cluster),
+                Ok(()) => {
+                    if let Some(("md5", password)) =
+                        options.password_auth.as_ref().map(|(m, p)| (m.as_str(), p))
+                    {
+                        // initdb stored a SCRAM verifier; MD5 authentication needs an MD5 one.
+                        let (client, conn) =
+                            tokio_postgres::connect(&cluster.url("postgres"), NoTls).await?;
+                        tokio::spawn(conn);
+                        client
+                            .batch_execute(&format!(
+                                "SET password_encryption = 'md5'; ALTER USER {USER} PASSWORD '{}'",
+                                password.replace('\'', "''")
+                            ))
+                            .await?;
+                    }
+                    return Ok(cluster);
+                }
                 Err(e) => last_err = Some(e),
             }
         }
@@ -165,9 +193,12 @@ impl PgCluster {
         self.port
     }
 
-    /// A connection URL for database `db` as the superuser.
+    /// A connection URL for database `db` as the superuser (with its password, if any).
     pub fn url(&self, db: &str) -> String {
-        format!("postgres://{USER}@127.0.0.1:{}/{db}", self.port)
+        match &self.password {
+            Some(p) => format!("postgres://{USER}:{p}@127.0.0.1:{}/{db}", self.port),
+            None => format!("postgres://{USER}@127.0.0.1:{}/{db}", self.port),
+        }
     }
 
     /// The cluster's directory (data directory in `data/`, log in `postgres.log`).
