@@ -17,7 +17,7 @@ use std::future::Future;
 use apache_avro::Schema;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -169,17 +169,38 @@ fn version_json(v: &SubjectVersion) -> Value {
     json!({"subject": v.subject, "version": v.version, "id": v.id, "schema": v.schema})
 }
 
-/// Query flags Confluent accepts on several calls.
-#[derive(Debug, Default, Deserialize)]
+/// Query flags Confluent accepts on several calls. Like Confluent's server, booleans are
+/// case-insensitive (`verbose=True` from the Python client) and unknown parameters
+/// (`normalize`, `format`, ...) are ignored.
+#[derive(Debug, Default)]
 struct Flags {
-    #[serde(default)]
     deleted: bool,
-    #[serde(default)]
     permanent: bool,
-    #[serde(default)]
     verbose: bool,
-    #[serde(default, rename = "defaultToGlobal")]
     default_to_global: bool,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Flags {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let mut flags = Flags::default();
+        for pair in parts.uri.query().unwrap_or_default().split('&') {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, "true"));
+            let on = v.eq_ignore_ascii_case("true");
+            match k {
+                "deleted" => flags.deleted = on,
+                "permanent" => flags.permanent = on,
+                "verbose" => flags.verbose = on,
+                "defaultToGlobal" => flags.default_to_global = on,
+                _ => {}
+            }
+        }
+        Ok(flags)
+    }
 }
 
 /// The body of register, lookup and compatibility calls. Unknown fields (metadata, ruleSet,
@@ -283,14 +304,14 @@ async fn versions_of_schema(
     Ok(ok(json!(pairs)))
 }
 
-async fn subjects(State(store): State<Store>, Query(flags): Query<Flags>) -> Result<Response> {
+async fn subjects(State(store): State<Store>, flags: Flags) -> Result<Response> {
     Ok(ok(json!(store.subjects(flags.deleted).await?)))
 }
 
 async fn versions(
     State(store): State<Store>,
     Path(subject): Path<String>,
-    Query(flags): Query<Flags>,
+    flags: Flags,
 ) -> Result<Response> {
     let all = store.versions(&subject, flags.deleted).await?;
     if all.is_empty() {
@@ -340,7 +361,7 @@ async fn lookup(
 async fn version(
     State(store): State<Store>,
     Path((subject, version)): Path<(String, String)>,
-    Query(flags): Query<Flags>,
+    flags: Flags,
 ) -> Result<Response> {
     Ok(ok(version_json(
         &find_version(&store, &subject, &version, flags.deleted).await?,
@@ -369,7 +390,7 @@ async fn referenced_by(
 async fn delete_subject(
     State(store): State<Store>,
     Path(subject): Path<String>,
-    Query(flags): Query<Flags>,
+    flags: Flags,
 ) -> Result<Response> {
     Ok(ok(json!(
         store.delete(&subject, None, flags.permanent).await?
@@ -379,7 +400,7 @@ async fn delete_subject(
 async fn delete_version(
     State(store): State<Store>,
     Path((subject, version)): Path<(String, String)>,
-    Query(flags): Query<Flags>,
+    flags: Flags,
 ) -> Result<Response> {
     let n = match parse_version(&version)? {
         VersionRef::Number(n) => n,
@@ -411,7 +432,7 @@ async fn effective_level(store: &Store, subject: &str) -> Result<Level> {
 async fn compatibility(
     State(store): State<Store>,
     Path((subject, version)): Path<(String, String)>,
-    Query(flags): Query<Flags>,
+    flags: Flags,
     body: Bytes,
 ) -> Result<Response> {
     let body: SchemaBody = parse_body(&body)?;
@@ -442,7 +463,7 @@ async fn compatibility(
 async fn compatibility_all(
     State(store): State<Store>,
     Path(subject): Path<String>,
-    Query(flags): Query<Flags>,
+    flags: Flags,
     body: Bytes,
 ) -> Result<Response> {
     let body: SchemaBody = parse_body(&body)?;
@@ -485,7 +506,7 @@ async fn set_global_config(State(store): State<Store>, body: Bytes) -> Result<Re
 async fn subject_config(
     State(store): State<Store>,
     Path(subject): Path<String>,
-    Query(flags): Query<Flags>,
+    flags: Flags,
 ) -> Result<Response> {
     let level = match store.config(Some(&subject)).await? {
         Some(l) => l,
