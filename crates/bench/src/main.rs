@@ -3,6 +3,7 @@
 //! docs/benchmarks.md.
 
 mod api;
+mod cdc;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -18,11 +19,14 @@ struct Cli {
 enum Command {
     /// Submissions per second and latency of `POST /v1/forms/{id}/responses`.
     Api(api::Args),
+    /// Postgres-to-Kafka throughput, commit-to-ack latency and memory of `collect cdc`.
+    Cdc(cdc::Args),
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Api(args) => api::run(args).await,
+        Command::Cdc(args) => cdc::run(args).await,
     }
 }

@@ -105,11 +105,13 @@ fn days_since_epoch(d: NaiveDate) -> i32 {
 }
 
 fn answers(row: &Row<'_>) -> Result<Vec<Answer>, RowError> {
-    let doc: ResponseDocument =
-        serde_json::from_value(row.json("answers")?).map_err(|e| RowError::Invalid {
-            column: "answers".into(),
-            problem: format!("not a response document: {e}"),
-        })?;
+    let doc: ResponseDocument = row.decode_json("answers").map_err(|e| match e {
+        RowError::Invalid { column, problem } => RowError::Invalid {
+            column,
+            problem: format!("not a response document: {problem}"),
+        },
+        other => other,
+    })?;
     Ok(doc
         .into_iter()
         .map(|(qid, entry)| {
@@ -152,7 +154,8 @@ fn response(row: &Row<'_>, kind: ChangeKind, pos: Position) -> Result<ResponseEv
         org_id: row.uuid("org_id")?,
         revision: row.int("revision")?,
         source: row.required("source")?.to_string(),
-        metadata_json: row.json("metadata")?.to_string(),
+        // jsonb's text output is always valid JSON: passed on as it is.
+        metadata_json: row.required("metadata")?.to_string(),
         answers: answers(row)?,
         submitted_at: row
             .timestamp("submitted_at")?
@@ -219,11 +222,7 @@ fn question(
 ) -> Result<FormEvent, RowError> {
     let question_id = row.uuid("id")?;
     let deleted_at = row.timestamp("deleted_at")?;
-    let options: Vec<collect_model::ChoiceOption> = serde_json::from_value(row.json("options")?)
-        .map_err(|e| RowError::Invalid {
-            column: "options".into(),
-            problem: format!("not a list of options: {e}"),
-        })?;
+    let options: Vec<collect_model::ChoiceOption> = row.decode_json("options")?;
     Ok(FormEvent {
         event_id: pos.event_id(kind, &question_id),
         op: form_op(kind, deleted_at.is_some(), was_deleted),
@@ -355,7 +354,7 @@ mod tests {
             (ev.form_id.as_str(), ev.response_id.as_str(), ev.revision),
             (F, R, 3)
         );
-        assert_eq!(ev.metadata_json, r#"{"utm":"x"}"#);
+        assert_eq!(ev.metadata_json, r#"{"utm": "x"}"#);
         assert_eq!(ev.answers.len(), 2);
         assert_eq!(ev.answers[0].date, Some(10));
         assert_eq!(ev.answers[0].alias.as_deref(), Some("day"));

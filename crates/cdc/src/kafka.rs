@@ -4,8 +4,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use apache_avro::Schema;
-use collect_events::{FORM_EVENT_SCHEMA, RESPONSE_EVENT_SCHEMA, partition_for, value_subject};
+use collect_events::{
+    FORM_EVENT_SCHEMA, RESPONSE_EVENT_SCHEMA, form_codec, partition_for, response_codec,
+    value_subject,
+};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -40,6 +42,8 @@ pub struct KafkaSettings {
     pub message_timeout: Duration,
     /// Most records queued in the producer (the back-pressure bound).
     pub max_queued: usize,
+    /// `compression.type` of produced batches (`lz4`, `zstd`, `snappy`, `gzip`, `none`).
+    pub compression: String,
     /// Extra librdkafka settings (`security.protocol`, `sasl.*`, ...).
     pub extra: Vec<(String, String)>,
 }
@@ -118,8 +122,8 @@ pub enum SendRefused {
 pub struct Output {
     producer: ThreadedProducer<DeliveryContext>,
     partitions: HashMap<String, i32>,
-    response_schema: (u32, Schema),
-    form_schema: (u32, Schema),
+    /// Registry ids of the response and form event schemas.
+    ids: (u32, u32),
     settings: KafkaSettings,
 }
 
@@ -185,13 +189,8 @@ async fn partition_counts(s: &KafkaSettings) -> Result<HashMap<String, i32>, Cdc
     .map_err(|e| CdcError::Kafka(format!("metadata task: {e}")))?
 }
 
-/// Registers an event schema under `<topic>-value`; returns its id and parsed form.
-async fn register(
-    sr: &SrSettings,
-    topic: &str,
-    name: &str,
-    schema: &str,
-) -> Result<(u32, Schema), CdcError> {
+/// Registers an event schema under `<topic>-value`; returns its id.
+async fn register(sr: &SrSettings, topic: &str, name: &str, schema: &str) -> Result<u32, CdcError> {
     let registered = post_schema(
         sr,
         value_subject(topic),
@@ -199,8 +198,7 @@ async fn register(
     )
     .await
     .map_err(|e| CdcError::Registry(format!("registering {}: {e}", value_subject(topic))))?;
-    let parsed = Schema::parse_str(schema).map_err(|e| CdcError::Registry(e.to_string()))?;
-    Ok((registered.id, parsed))
+    Ok(registered.id)
 }
 
 impl Output {
@@ -211,14 +209,14 @@ impl Output {
         registry_url: &str,
     ) -> Result<(Self, mpsc::UnboundedReceiver<Ack>), CdcError> {
         let sr = SrSettings::new(registry_url.to_string());
-        let response_schema = register(
+        let response_id = register(
             &sr,
             &s.responses_topic,
             "io.collect.events.ResponseEvent",
             RESPONSE_EVENT_SCHEMA,
         )
         .await?;
-        let form_schema = register(
+        let form_id = register(
             &sr,
             &s.forms_topic,
             "io.collect.events.FormEvent",
@@ -226,11 +224,12 @@ impl Output {
         )
         .await?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let mut config = s.client_config();
+        let mut config = ClientConfig::new();
         config
+            .set("bootstrap.servers", &s.brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("compression.type", "lz4")
+            .set("compression.type", &s.compression)
             .set("linger.ms", "5")
             .set("queue.buffering.max.messages", s.max_queued.to_string())
             .set("queue.buffering.max.kbytes", "65536")
@@ -238,6 +237,12 @@ impl Output {
                 "message.timeout.ms",
                 s.message_timeout.as_millis().to_string(),
             );
+        // Operators' settings last: they may tune anything but idempotence and acks.
+        for (k, v) in &s.extra {
+            if k != "enable.idempotence" && k != "acks" {
+                config.set(k, v);
+            }
+        }
         let producer: ThreadedProducer<DeliveryContext> =
             config.create_with_context(DeliveryContext { acks: tx })?;
         let partitions = partition_counts(s).await?;
@@ -245,8 +250,7 @@ impl Output {
             Self {
                 producer,
                 partitions,
-                response_schema,
-                form_schema,
+                ids: (response_id, form_id),
                 settings: s.clone(),
             },
             rx,
@@ -263,11 +267,11 @@ impl Output {
         let (topic, payload) = match event {
             Event::Response(r) => (
                 &self.settings.responses_topic,
-                collect_events::encode(self.response_schema.0, &self.response_schema.1, r),
+                response_codec().encode(self.ids.0, r),
             ),
             Event::Form(f) => (
                 &self.settings.forms_topic,
-                collect_events::encode(self.form_schema.0, &self.form_schema.1, f),
+                form_codec().encode(self.ids.1, f),
             ),
         };
         Ok(OutRecord {

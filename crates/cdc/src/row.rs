@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, NaiveDateTime};
+use chrono::{DateTime, Datelike, NaiveDateTime};
 use collect_pgoutput::{OldTuple, RelationBody, TupleData, TupleValue};
 
 /// Why a row cannot become an event. Such rows go to the dead-letter topic.
@@ -43,17 +43,18 @@ pub struct Relation {
     pub name: String,
     /// Column names in tuple order.
     pub columns: Vec<String>,
-    index: HashMap<String, usize>,
+}
+
+impl Relation {
+    /// Position of a column (a linear scan: tables have a dozen columns, and comparing a few
+    /// short strings is cheaper than hashing one).
+    fn position(&self, column: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c == column)
+    }
 }
 
 impl From<&RelationBody> for Relation {
     fn from(r: &RelationBody) -> Self {
-        let columns: Vec<String> = r.columns.iter().map(|c| c.name.clone()).collect();
-        let index = columns
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (c.clone(), i))
-            .collect();
         Self {
             namespace: if r.namespace.is_empty() {
                 "pg_catalog".into()
@@ -61,8 +62,7 @@ impl From<&RelationBody> for Relation {
                 r.namespace.clone()
             },
             name: r.name.clone(),
-            columns,
-            index,
+            columns: r.columns.iter().map(|c| c.name.clone()).collect(),
         }
     }
 }
@@ -116,10 +116,9 @@ impl<'r> Row<'r> {
 
     /// A column's text, `None` for NULL.
     pub fn text(&self, column: &str) -> Result<Option<&str>, RowError> {
-        let i = *self
+        let i = self
             .relation
-            .index
-            .get(column)
+            .position(column)
             .ok_or_else(|| RowError::MissingColumn(column.into()))?;
         match self.values.get(i) {
             None => Err(RowError::MissingColumn(column.into())),
@@ -190,8 +189,13 @@ impl<'r> Row<'r> {
 
     /// A `jsonb` column.
     pub fn json(&self, column: &str) -> Result<serde_json::Value, RowError> {
+        self.decode_json(column)
+    }
+
+    /// A `jsonb` column decoded straight into `T` (no intermediate JSON tree).
+    pub fn decode_json<T: serde::de::DeserializeOwned>(&self, column: &str) -> Result<T, RowError> {
         let t = self.required(column)?;
-        serde_json::from_str(t).map_err(|e| Self::invalid(column, format!("not JSON: {e}")))
+        serde_json::from_str(t).map_err(|e| Self::invalid(column, e.to_string()))
     }
 
     /// Every column as text (NULL as JSON null), for dead letters.
@@ -215,6 +219,71 @@ impl<'r> Row<'r> {
 /// Parses Postgres' ISO text of a `timestamptz` (`2026-11-23 01:02:03.123456+00`, any
 /// offset, fractional seconds optional) into microseconds since the Unix epoch.
 pub fn parse_timestamptz(t: &str) -> Option<i64> {
+    fast_timestamptz(t.as_bytes()).or_else(|| slow_timestamptz(t))
+}
+
+/// The common shape, parsed by hand: `YYYY-MM-DD HH:MM:SS[.f{1,6}]±HH[:MM[:SS]]`.
+fn fast_timestamptz(b: &[u8]) -> Option<i64> {
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let mut v = 0i64;
+        for &c in b.get(r)? {
+            if !c.is_ascii_digit() {
+                return None;
+            }
+            v = v * 10 + i64::from(c - b'0');
+        }
+        Some(v)
+    };
+    if b.len() < 22
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b' '
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let date =
+        chrono::NaiveDate::from_ymd_opt(num(0..4)? as i32, num(5..7)? as u32, num(8..10)? as u32)?;
+    let (h, mi, s) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if h > 23 || mi > 59 || s > 60 {
+        return None;
+    }
+    let mut i = 19;
+    let mut micros = 0i64;
+    if b[i] == b'.' {
+        i += 1;
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        let digits = i - start;
+        if digits == 0 || digits > 6 {
+            return None;
+        }
+        micros = num(start..i)? * 10i64.pow((6 - digits) as u32);
+    }
+    let sign = match b.get(i)? {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    let mut offset = num(i + 1..i + 3)? * 3600;
+    i += 3;
+    for unit in [60, 1] {
+        if b.get(i) == Some(&b':') {
+            offset += num(i + 1..i + 3)? * unit;
+            i += 3;
+        }
+    }
+    if i != b.len() {
+        return None;
+    }
+    let days = i64::from(date.num_days_from_ce() - 719_163);
+    Some((days * 86_400 + h * 3600 + mi * 60 + s - sign * offset) * 1_000_000 + micros)
+}
+
+fn slow_timestamptz(t: &str) -> Option<i64> {
     let with_minutes = match t.rfind(['+', '-']) {
         // "+05" -> "+05:00"; offsets with minutes (or seconds) pass as they are.
         Some(i) if i > 10 && t.len() - i == 3 => format!("{t}:00"),
@@ -298,6 +367,17 @@ mod tests {
         assert_eq!(
             parse_timestamptz("2026-11-23 01:02:03+00").unwrap(),
             utc - 123_456
+        );
+        assert_eq!(
+            parse_timestamptz("2026-11-23 01:02:03.1+00").unwrap(),
+            utc - 23_456
+        );
+        assert_eq!(
+            parse_timestamptz("1999-12-31 23:59:59.999999+05:30:15").unwrap(),
+            {
+                slow_timestamptz("1999-12-31 23:59:59.999999+05:30:15")
+                    .unwrap_or(946_664_984_999_999)
+            }
         );
         assert_eq!(parse_timestamptz("infinity"), None);
         assert_eq!(parse_timestamptz("garbage"), None);

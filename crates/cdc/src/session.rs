@@ -238,13 +238,22 @@ impl<'a> Session<'a> {
                     return Ok(());
                 }
                 Err(SendRefused::QueueFull) => {
-                    if let Ok(ack) =
-                        tokio::time::timeout(Duration::from_millis(100), self.acks.recv()).await
-                    {
-                        let ack = ack.ok_or_else(|| {
-                            CdcError::Kafka("the producer stopped reporting deliveries".into())
-                        })?;
-                        self.on_ack(ack)?;
+                    // Wait for a batch of acknowledgements, not one: retrying after every
+                    // single ack costs the producer more than it gains.
+                    let deadline = tokio::time::Instant::now() + Duration::from_millis(100);
+                    let want = self.outstanding.saturating_sub(self.outstanding / 10);
+                    while self.outstanding > want {
+                        match tokio::time::timeout_at(deadline, self.acks.recv()).await {
+                            Ok(ack) => {
+                                let ack = ack.ok_or_else(|| {
+                                    CdcError::Kafka(
+                                        "the producer stopped reporting deliveries".into(),
+                                    )
+                                })?;
+                                self.on_ack(ack)?;
+                            }
+                            Err(_) => break,
+                        }
                     }
                     self.maybe_status(false).await?;
                 }

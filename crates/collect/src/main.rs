@@ -138,6 +138,10 @@ struct CdcArgs {
     /// Most records queued in the producer.
     #[arg(long, default_value_t = 10_000)]
     max_queued: usize,
+    /// Compression of produced batches (lz4, zstd, snappy, gzip, none). Tansu spends more
+    /// CPU decompressing than it saves: the dev stack uses none.
+    #[arg(long, env = "COLLECT_KAFKA_COMPRESSION", default_value = "lz4")]
+    compression: String,
     /// Extra librdkafka setting, KEY=VALUE (repeatable), e.g. security.protocol=SASL_SSL.
     #[arg(long = "kafka-option", value_parser = parse_key_value)]
     kafka_options: Vec<(String, String)>,
@@ -242,6 +246,7 @@ async fn cdc(a: CdcArgs) -> Result<()> {
             replication_factor: a.replication_factor,
             message_timeout: Duration::from_secs(a.message_timeout_secs),
             max_queued: a.max_queued,
+            compression: a.compression,
             extra: a.kafka_options,
         },
         heartbeat: (a.heartbeat_secs > 0).then(|| Duration::from_secs(a.heartbeat_secs)),

@@ -12,7 +12,9 @@ mod codec;
 mod partition;
 mod types;
 
-pub use codec::{CodecError, Encoded, decode, encode, split_frame};
+pub use codec::{
+    CodecError, Encoded, EventCodec, decode, encode, form_codec, response_codec, split_frame,
+};
 pub use partition::{murmur2, partition_for};
 pub use types::{
     Answer, ChoiceOption, FormEvent, FormOp, FormState, QuestionState, ResponseEvent, ResponseOp,

@@ -45,7 +45,7 @@ impl AnswerValue {
 /// One answer inside a [`ResponseDocument`]: the value with the question's alias and type at
 /// the time it was written, so the document reads on its own.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(try_from = "RawEntry", into = "RawEntry")]
+#[serde(try_from = "RawEntryIn", into = "RawEntryOut")]
 pub struct AnswerEntry {
     /// Alias of the question when the answer was written.
     pub alias: Option<String>,
@@ -55,17 +55,104 @@ pub struct AnswerEntry {
     pub value: AnswerValue,
 }
 
-#[derive(Serialize, Deserialize)]
-struct RawEntry {
+/// The stored form, as written: the value as plain JSON.
+#[derive(Serialize)]
+struct RawEntryOut {
     alias: Option<String>,
     #[serde(rename = "type")]
     qtype: QuestionType,
     value: Value,
 }
 
-impl From<AnswerEntry> for RawEntry {
+/// The stored form, as read: the value decoded straight into a small typed shape, without
+/// building a JSON tree (the CDC reader decodes one document per event).
+#[derive(Deserialize)]
+struct RawEntryIn {
+    alias: Option<String>,
+    #[serde(rename = "type")]
+    qtype: QuestionType,
+    value: StoredValue,
+}
+
+/// A stored answer value before its question type gives it meaning.
+enum StoredValue {
+    Str(String),
+    Num(serde_json::Number),
+    Bool(bool),
+    List(Vec<String>),
+    Other(&'static str),
+}
+
+impl<'de> Deserialize<'de> for StoredValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = StoredValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string, number, boolean or list of strings")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<StoredValue, E> {
+                Ok(StoredValue::Str(v.to_string()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<StoredValue, E> {
+                Ok(StoredValue::Str(v))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<StoredValue, E> {
+                Ok(StoredValue::Bool(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<StoredValue, E> {
+                Ok(StoredValue::Num(v.into()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<StoredValue, E> {
+                Ok(StoredValue::Num(v.into()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<StoredValue, E> {
+                Ok(serde_json::Number::from_f64(v)
+                    .map_or(StoredValue::Other("a non-finite number"), StoredValue::Num))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<StoredValue, E> {
+                Ok(StoredValue::Other("null"))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<StoredValue, A::Error> {
+                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(4));
+                while let Some(item) = seq.next_element::<String>()? {
+                    items.push(item);
+                }
+                Ok(StoredValue::List(items))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<StoredValue, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(StoredValue::Other("an object"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl StoredValue {
+    fn describe(&self) -> String {
+        match self {
+            StoredValue::Str(_) => "a string".into(),
+            StoredValue::Num(n) => format!("the number {n}"),
+            StoredValue::Bool(b) => format!("{b}"),
+            StoredValue::List(_) => "a list".into(),
+            StoredValue::Other(what) => (*what).into(),
+        }
+    }
+}
+
+impl From<AnswerEntry> for RawEntryOut {
     fn from(e: AnswerEntry) -> Self {
-        RawEntry {
+        RawEntryOut {
             value: e.value.to_json(),
             alias: e.alias,
             qtype: e.qtype,
@@ -73,16 +160,15 @@ impl From<AnswerEntry> for RawEntry {
     }
 }
 
-impl TryFrom<RawEntry> for AnswerEntry {
+impl TryFrom<RawEntryIn> for AnswerEntry {
     type Error = String;
-    fn try_from(r: RawEntry) -> Result<Self, String> {
-        let value = decode_stored(r.qtype, &r.value).ok_or_else(|| {
-            format!(
-                "stored value {} does not fit type {}",
-                r.value,
-                r.qtype.as_str()
-            )
-        })?;
+    fn try_from(r: RawEntryIn) -> Result<Self, String> {
+        let problem = format!(
+            "stored value ({}) does not fit type {}",
+            r.value.describe(),
+            r.qtype.as_str()
+        );
+        let value = decode_stored(r.qtype, r.value).ok_or(problem)?;
         Ok(AnswerEntry {
             alias: r.alias,
             qtype: r.qtype,
@@ -93,21 +179,19 @@ impl TryFrom<RawEntry> for AnswerEntry {
 
 /// Decodes a value already normalised by [`check_value`] (no option checks: options may have
 /// changed since it was written).
-fn decode_stored(qtype: QuestionType, v: &Value) -> Option<AnswerValue> {
+fn decode_stored(qtype: QuestionType, v: StoredValue) -> Option<AnswerValue> {
     use QuestionType::*;
-    Some(match qtype {
-        Number => AnswerValue::Number(v.as_number()?.clone()),
-        Boolean => AnswerValue::Boolean(v.as_bool()?),
-        Date => AnswerValue::Date(NaiveDate::parse_from_str(v.as_str()?, "%Y-%m-%d").ok()?),
-        MultiChoice => AnswerValue::Choices(
-            v.as_array()?
-                .iter()
-                .map(|c| c.as_str().map(str::to_string))
-                .collect::<Option<Vec<_>>>()?,
-        ),
-        Text | LongText | Email | Phone | SingleChoice => {
-            AnswerValue::Text(v.as_str()?.to_string())
+    Some(match (qtype, v) {
+        (Number, StoredValue::Num(n)) => AnswerValue::Number(n),
+        (Boolean, StoredValue::Bool(b)) => AnswerValue::Boolean(b),
+        (Date, StoredValue::Str(s)) => {
+            AnswerValue::Date(NaiveDate::parse_from_str(&s, "%Y-%m-%d").ok()?)
         }
+        (MultiChoice, StoredValue::List(items)) => AnswerValue::Choices(items),
+        (Text | LongText | Email | Phone | SingleChoice, StoredValue::Str(s)) => {
+            AnswerValue::Text(s)
+        }
+        _ => return None,
     })
 }
 
@@ -476,8 +560,22 @@ mod tests {
             ]
         );
         assert_eq!(json[Uuid::from_u128(4).to_string()]["type"], "phone");
-        let back: ResponseDocument = serde_json::from_value(json).unwrap();
+        let back: ResponseDocument = serde_json::from_value(json.clone()).unwrap();
         assert_eq!(back, doc);
+        let from_text: ResponseDocument = serde_json::from_str(&json.to_string()).unwrap();
+        assert_eq!(from_text, doc);
+        // A stored value that does not fit its type is an error, whatever its shape.
+        for bad in [
+            r#"{"value": 1, "type": "text", "alias": null}"#,
+            r#"{"type": "number", "alias": null, "value": {"a": 1}}"#,
+            r#"{"type": "multi_choice", "alias": null, "value": [1]}"#,
+        ] {
+            let doc = format!(r#"{{"{}": {bad}}}"#, Uuid::nil());
+            assert!(
+                serde_json::from_str::<ResponseDocument>(&doc).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -91,6 +91,11 @@ impl Broker {
         ready.with_context(|| format!("broker log:\n{}", log_tail(&self.spec.log, 20)))
     }
 
+    /// The broker's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.server.as_ref().map(Guarded::pid)
+    }
+
     /// `host:port` for `bootstrap.servers`.
     pub fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.port)

@@ -146,6 +146,7 @@ impl Stack {
                 replication_factor: -1,
                 message_timeout: Duration::from_secs(120),
                 max_queued: 1000,
+                compression: "none".into(),
                 extra: vec![],
             },
             heartbeat: Some(Duration::from_secs(1)),
