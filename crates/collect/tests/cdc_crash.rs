@@ -86,6 +86,16 @@ impl Reader {
         }
     }
 
+    /// The reader's Prometheus text.
+    async fn metrics(&self) -> String {
+        reqwest::get(format!("http://127.0.0.1:{}/metrics", self.port))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     fn kill9(mut self) {
         Command::new("kill")
             .args(["-9", &self.child.id().to_string()])
@@ -206,6 +216,33 @@ async fn kill_9_of_the_reader_during_load_loses_nothing() {
     let ids = writes.await.unwrap();
     assert_eq!(ids.len(), 600);
     wait_for_all(&brokers, &format!("{}.responses", e.db.name), &ids).await;
+    // The reader's metrics say what happened: events acknowledged, transactions confirmed
+    // with their commit-to-ack times, the slot's position and lag, leadership.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = r.metrics().await;
+        let value = |name: &str| -> f64 {
+            text.lines()
+                .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        let ok = value("collect_cdc_events_total") > 0.0
+            && value("collect_cdc_transactions_total") > 0.0
+            && value("collect_cdc_commit_to_ack_seconds_count") > 0.0
+            && value("collect_cdc_confirmed_lsn") > 0.0
+            && value("collect_cdc_leader") == 1.0
+            && text.contains("collect_cdc_slot_lag_bytes")
+            && text.contains("collect_cdc_snapshot_rows_total");
+        if ok {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "metrics never showed progress:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     r.kill9();
 }
 
