@@ -136,10 +136,22 @@ fn unauthorized(message: &str) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
 }
 
-impl FromRequestParts<AppState> for Org {
+/// State that can resolve API keys to organizations (the forms API's, the connect API's).
+pub trait OrgKeys {
+    /// The store holding API keys.
+    fn key_store(&self) -> &collect_store::Store;
+}
+
+impl OrgKeys for AppState {
+    fn key_store(&self) -> &collect_store::Store {
+        &self.store
+    }
+}
+
+impl<S: OrgKeys + Send + Sync> FromRequestParts<S> for Org {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let value = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -154,7 +166,7 @@ impl FromRequestParts<AppState> for Org {
             .map(str::trim)
             .filter(|k| !k.is_empty() && k.len() <= 200)
             .ok_or_else(|| unauthorized("Authorization header must be 'Bearer <api key>'"))?;
-        match state.store.org_for_key(key).await? {
+        match state.key_store().org_for_key(key).await? {
             Some(org) => Ok(Org(org)),
             None => Err(unauthorized("invalid or revoked API key")),
         }

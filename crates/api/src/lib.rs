@@ -5,7 +5,7 @@
 //! writes nothing.
 
 mod error;
-mod extract;
+pub mod extract;
 mod forms;
 mod metrics;
 mod ops;

@@ -34,6 +34,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0003_cdc",
         sql: include_str!("../../../migrations/0003_cdc.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_connect",
+        sql: include_str!("../../../migrations/0004_connect.sql"),
+    },
 ];
 
 /// Advisory lock key held while migrating ("collect" in ASCII).

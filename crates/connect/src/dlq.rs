@@ -1,0 +1,105 @@
+//! The runtime's dead-letter topic: records that can never be written, with the reason and
+//! their origin in headers, so an operator can inspect and re-drive them.
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+/// One dead letter.
+pub struct DeadLetter<'a> {
+    /// Integration that could not write it.
+    pub integration: &'a str,
+    /// Its kind.
+    pub kind: &'a str,
+    /// Why.
+    pub reason: &'a str,
+    /// Where it was read.
+    pub topic: &'a str,
+    /// Partition it was read from.
+    pub partition: i32,
+    /// Offset it was read at.
+    pub offset: i64,
+    /// The original key.
+    pub key: Option<&'a [u8]>,
+    /// The original value, untouched.
+    pub value: &'a [u8],
+}
+
+/// Producer of dead letters (idempotent, acks=all), shared by the workers of a process.
+#[derive(Clone)]
+pub struct DeadLetters {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl DeadLetters {
+    /// A producer for `topic`.
+    pub fn new(
+        brokers: &str,
+        topic: &str,
+        extra: &[(String, String)],
+    ) -> Result<Self, rdkafka::error::KafkaError> {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5");
+        for (k, v) in extra {
+            c.set(k, v);
+        }
+        Ok(Self {
+            producer: c.create()?,
+            topic: topic.to_string(),
+        })
+    }
+
+    /// The topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Sends one dead letter (keyed as the original) and waits for the broker's
+    /// acknowledgement.
+    pub async fn send(&self, d: DeadLetter<'_>) -> Result<(), String> {
+        let partition = d.partition.to_string();
+        let offset = d.offset.to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "collect.integration",
+                value: Some(d.integration),
+            })
+            .insert(Header {
+                key: "collect.kind",
+                value: Some(d.kind),
+            })
+            .insert(Header {
+                key: "collect.reason",
+                value: Some(d.reason),
+            })
+            .insert(Header {
+                key: "collect.source.topic",
+                value: Some(d.topic),
+            })
+            .insert(Header {
+                key: "collect.source.partition",
+                value: Some(&partition),
+            })
+            .insert(Header {
+                key: "collect.source.offset",
+                value: Some(&offset),
+            });
+        let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic)
+            .payload(d.value)
+            .headers(headers);
+        if let Some(k) = d.key {
+            record = record.key(k);
+        }
+        self.producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| format!("dead letter not delivered: {e}"))
+    }
+}

@@ -1,0 +1,144 @@
+//! Kinds of integration and the one place they are registered.
+//!
+//! A connector crate implements [`Kind`] (its name, how its configuration is validated, how
+//! its sink is built). The binary lists the kinds it ships with [`kinds!`]:
+//!
+//! ```ignore
+//! collect_connect::kinds!(pub Installed { collect_sheets::Sheets, collect_sms::Sms });
+//! ```
+//!
+//! Adding a kind is its own crate plus one entry in that list.
+
+use std::future::Future;
+
+use collect_model::FieldError;
+use futures::future::BoxFuture;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::sink::Sink;
+use crate::worker::{Job, WorkerExit};
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum KindError {
+    /// Fields that do not fit, each with a reason.
+    #[error("invalid: {}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<FieldError>),
+    /// The third party refused the credentials (e.g. an expired authorization code).
+    #[error("credentials refused: {0}")]
+    Refused(String),
+    /// No kind of that name is installed.
+    #[error("unknown kind '{0}'")]
+    Unknown(String),
+}
+
+/// A validated configuration, ready to be stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prepared {
+    /// Configuration (no secrets).
+    pub config: Value,
+    /// Credentials, stored encrypted.
+    pub credentials: Option<Value>,
+}
+
+/// Decodes `value` into `T`, reporting serde's complaint (unknown field, wrong type) as a
+/// field error under `field`.
+pub fn decode<T: DeserializeOwned>(field: &str, value: Value) -> Result<T, KindError> {
+    serde_json::from_value(value)
+        .map_err(|e| KindError::Invalid(vec![FieldError::new(field, "invalid", e.to_string())]))
+}
+
+/// Serializes a validated value back for storage.
+pub fn encode<T: Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).unwrap_or(Value::Null)
+}
+
+/// A kind of integration.
+pub trait Kind: Send + Sync + 'static {
+    /// Its name in the API and in declarative files (`sheets`).
+    const NAME: &'static str;
+    /// Its sink.
+    type Sink: Sink;
+
+    /// Validates a new integration's configuration and credentials (unknown fields refused)
+    /// and completes them, for example by exchanging an authorization code for a refresh
+    /// token. Runs when the integration is created or replaced.
+    fn prepare(
+        config: Value,
+        credentials: Option<Value>,
+    ) -> impl Future<Output = Result<Prepared, KindError>> + Send;
+
+    /// Builds the sink of one stored integration.
+    fn build(config: &Value, credentials: Option<&Value>) -> Result<Self::Sink, KindError>;
+}
+
+/// The kinds a process can run; see [`kinds!`].
+pub trait Kinds: Send + Sync + 'static {
+    /// Names of the installed kinds.
+    fn names(&self) -> Vec<&'static str>;
+
+    /// [`Kind::prepare`] of kind `kind`.
+    fn prepare(
+        &self,
+        kind: &str,
+        config: Value,
+        credentials: Option<Value>,
+    ) -> BoxFuture<'static, Result<Prepared, KindError>>;
+
+    /// Builds the sink of kind `kind` and returns its worker, ready to be spawned.
+    fn worker(
+        &self,
+        kind: &str,
+        config: &Value,
+        credentials: Option<&Value>,
+        job: Job,
+    ) -> Result<BoxFuture<'static, WorkerExit>, KindError>;
+}
+
+/// Declares the installed kinds: `kinds!(pub Installed { crate_a::KindA, crate_b::KindB });`
+#[macro_export]
+macro_rules! kinds {
+    ($vis:vis $name:ident { $($kind:ty),* $(,)? }) => {
+        /// The installed kinds of integration.
+        $vis struct $name;
+
+        impl $crate::kind::Kinds for $name {
+            fn names(&self) -> Vec<&'static str> {
+                vec![$(<$kind as $crate::kind::Kind>::NAME),*]
+            }
+
+            fn prepare(
+                &self,
+                kind: &str,
+                config: $crate::serde_json::Value,
+                credentials: Option<$crate::serde_json::Value>,
+            ) -> $crate::BoxFuture<'static, Result<$crate::kind::Prepared, $crate::kind::KindError>> {
+                $(
+                    if kind == <$kind as $crate::kind::Kind>::NAME {
+                        return Box::pin(<$kind as $crate::kind::Kind>::prepare(config, credentials));
+                    }
+                )*
+                let kind = kind.to_string();
+                Box::pin(async move { Err($crate::kind::KindError::Unknown(kind)) })
+            }
+
+            fn worker(
+                &self,
+                kind: &str,
+                config: &$crate::serde_json::Value,
+                credentials: Option<&$crate::serde_json::Value>,
+                job: $crate::worker::Job,
+            ) -> Result<$crate::BoxFuture<'static, $crate::worker::WorkerExit>, $crate::kind::KindError> {
+                $(
+                    if kind == <$kind as $crate::kind::Kind>::NAME {
+                        let sink = <$kind as $crate::kind::Kind>::build(config, credentials)?;
+                        return Ok(Box::pin($crate::worker::run(sink, <$kind as $crate::kind::Kind>::NAME, job)));
+                    }
+                )*
+                Err($crate::kind::KindError::Unknown(kind.to_string()))
+            }
+        }
+    };
+}

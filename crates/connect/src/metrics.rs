@@ -1,0 +1,171 @@
+//! Metrics of the connector runtime, labelled by integration and kind.
+
+use std::sync::Arc;
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+
+/// The runtime's metrics.
+pub struct Metrics {
+    /// Registry rendered on `/metrics`.
+    pub registry: Registry,
+    /// Records between the integration's committed offset and the partition's end.
+    pub lag: IntGaugeVec,
+    /// Events handed to sinks.
+    pub delivered: IntCounterVec,
+    /// Events whose writes are durable and whose offsets are committed.
+    pub committed: IntCounterVec,
+    /// Records sent to the dead-letter topic.
+    pub dead_letters: IntCounterVec,
+    /// Batch retries after retryable errors.
+    pub retries: IntCounterVec,
+    /// Events per batch.
+    pub batch_size: HistogramVec,
+    /// Requests made to the third party, by outcome (`ok`, `throttled`, `error`).
+    pub requests: IntCounterVec,
+    /// Times a sink waited for a rate limit permit, or got a 429.
+    pub throttles: IntCounterVec,
+    /// Rows (or messages) the third party stored.
+    pub written: IntCounterVec,
+    /// 1 for the state an integration is in here (`running`, `paused`, `starting`).
+    pub state: IntGaugeVec,
+}
+
+impl Metrics {
+    /// Creates and registers the metrics.
+    #[allow(clippy::expect_used)] // static names: registration cannot fail
+    pub fn new() -> Arc<Self> {
+        let registry = Registry::new();
+        let labels = &["integration", "kind"];
+        let counter = |name: &str, help: &str, extra: &[&str]| {
+            let mut l: Vec<&str> = labels.to_vec();
+            l.extend_from_slice(extra);
+            let c = IntCounterVec::new(Opts::new(name, help), &l).expect("metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let delivered = counter(
+            "collect_connect_delivered_total",
+            "Events handed to sinks",
+            &[],
+        );
+        let committed = counter(
+            "collect_connect_committed_total",
+            "Events durable and committed",
+            &[],
+        );
+        let dead_letters = counter(
+            "collect_connect_dead_letters_total",
+            "Records sent to the dead-letter topic",
+            &[],
+        );
+        let retries = counter(
+            "collect_connect_retries_total",
+            "Batch retries after retryable errors",
+            &[],
+        );
+        let requests = counter(
+            "collect_connect_requests_total",
+            "Requests to the third party",
+            &["outcome"],
+        );
+        let throttles = counter(
+            "collect_connect_throttles_total",
+            "Rate-limit waits and 429 answers",
+            &[],
+        );
+        let written = counter(
+            "collect_connect_written_total",
+            "Rows or messages stored by the third party",
+            &[],
+        );
+        let lag = IntGaugeVec::new(
+            Opts::new("collect_connect_consumer_lag", "Records not yet committed"),
+            labels,
+        )
+        .expect("metric");
+        let state = IntGaugeVec::new(
+            Opts::new(
+                "collect_connect_integration_state",
+                "1 for the integration's current state here",
+            ),
+            &["integration", "kind", "state"],
+        )
+        .expect("metric");
+        let batch_size = HistogramVec::new(
+            HistogramOpts::new("collect_connect_batch_size", "Events per batch").buckets(vec![
+                1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
+            ]),
+            &["kind"],
+        )
+        .expect("metric");
+        for c in [
+            Box::new(lag.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(state.clone()),
+            Box::new(batch_size.clone()),
+        ] {
+            registry.register(c).expect("unique metric");
+        }
+        Arc::new(Self {
+            registry,
+            lag,
+            delivered,
+            committed,
+            dead_letters,
+            retries,
+            batch_size,
+            requests,
+            throttles,
+            written,
+            state,
+        })
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn render(&self) -> String {
+        prometheus::TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
+    }
+
+    /// The handle a sink of integration `id` and kind `kind` updates.
+    pub fn sink(self: &Arc<Self>, id: &str, kind: &str) -> SinkMetrics {
+        SinkMetrics {
+            metrics: self.clone(),
+            labels: [id.to_string(), kind.to_string()],
+        }
+    }
+}
+
+/// Counters a sink updates, already labelled with its integration.
+#[derive(Clone)]
+pub struct SinkMetrics {
+    metrics: Arc<Metrics>,
+    labels: [String; 2],
+}
+
+impl SinkMetrics {
+    fn l(&self) -> [&str; 2] {
+        [&self.labels[0], &self.labels[1]]
+    }
+
+    /// One request to the third party ended with `outcome` (`ok`, `throttled`, `error`).
+    pub fn request(&self, outcome: &str) {
+        let [a, b] = self.l();
+        self.metrics
+            .requests
+            .with_label_values(&[a, b, outcome])
+            .inc();
+    }
+
+    /// The sink was throttled (a rate-limit wait or a 429).
+    pub fn throttled(&self) {
+        self.metrics.throttles.with_label_values(&self.l()).inc();
+    }
+
+    /// The third party stored `n` rows or messages.
+    pub fn written(&self, n: u64) {
+        self.metrics.written.with_label_values(&self.l()).inc_by(n);
+    }
+}

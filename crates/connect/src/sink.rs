@@ -1,0 +1,124 @@
+//! The contract between the runtime and a connector: the [`Sink`] trait.
+//!
+//! A data engineer adding a kind of integration writes one type implementing [`Sink`] (the
+//! writes) and one implementing [`Kind`](crate::kind::Kind) (its configuration). Everything
+//! else (consuming, batching, retries, rate limits, offsets, dead letters, pause and resume,
+//! metrics) is the runtime's.
+
+use std::future::Future;
+use std::time::Duration;
+
+use collect_events::{FormEvent, ResponseEvent};
+
+use crate::limits::Limiter;
+use crate::metrics::SinkMetrics;
+
+/// An event as a sink receives it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SinkEvent {
+    /// A response as of one change (self-contained: every answer).
+    Response(ResponseEvent),
+    /// A form or question as of one change.
+    Form(FormEvent),
+}
+
+/// One event and where it was read from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    /// The event.
+    pub event: SinkEvent,
+    /// Source topic.
+    pub topic: String,
+    /// Source partition.
+    pub partition: i32,
+    /// Source offset.
+    pub offset: i64,
+}
+
+/// Why a write did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// Transient (rate limited, 5xx, timeout, connection reset before sending): the runtime
+    /// retries the whole batch with backoff, waiting at least `retry_after` when given.
+    #[error("retryable: {message}")]
+    Retryable {
+        /// What happened.
+        message: String,
+        /// The third party's Retry-After, if it gave one.
+        retry_after: Option<Duration>,
+    },
+    /// The integration cannot go on until someone acts (revoked credentials, a destination
+    /// that refuses every write, a configuration the third party rejects): the runtime
+    /// commits nothing of the batch, pauses the integration and reports `message`; other
+    /// integrations go on.
+    #[error("fatal: {message}")]
+    Fatal {
+        /// What happened, for the operator.
+        message: String,
+    },
+}
+
+impl SinkError {
+    /// A retryable error.
+    pub fn retryable(message: impl Into<String>) -> Self {
+        SinkError::Retryable {
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// A fatal error.
+    pub fn fatal(message: impl Into<String>) -> Self {
+        SinkError::Fatal {
+            message: message.into(),
+        }
+    }
+}
+
+/// The result of a batch that was written.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// Events that can never be written (index in the batch, reason). The runtime sends them
+    /// to the dead-letter topic; every other event of the batch is durable.
+    pub rejected: Vec<(usize, String)>,
+}
+
+/// What the runtime lends a sink.
+#[derive(Clone)]
+pub struct SinkContext {
+    /// The integration's id.
+    pub integration_id: uuid::Uuid,
+    /// The form it is attached to.
+    pub form_id: uuid::Uuid,
+    /// Rate limits, keyed as the third party counts them; shared by every integration of
+    /// the process.
+    pub limiter: Limiter,
+    /// Counters the sink updates (requests, throttles, rows).
+    pub metrics: SinkMetrics,
+    /// Postgres, for the sink's own state (e.g. which row a response has).
+    pub db: deadpool_postgres::Pool,
+}
+
+/// A destination of events.
+///
+/// Delivery is **at least once**: after a crash between a write and the commit of its
+/// offsets, after a rebalance or a replay, the same events come again, in the same order.
+/// Every implementation must make a repeated event a no-op or an identical rewrite (never a
+/// second row, never a second message), and must tolerate events older than ones it
+/// already applied (use the response's `revision`).
+pub trait Sink: Send + 'static {
+    /// Prepares the destination (checks credentials, creates what is missing). Called before
+    /// the first batch and after every resume; must be idempotent.
+    fn start(&mut self, ctx: &SinkContext) -> impl Future<Output = Result<(), SinkError>> + Send;
+
+    /// Writes a batch of events of one form, in their order. Returns `Ok` only when the
+    /// effect of every event not listed in [`BatchOutcome::rejected`] is durable at the third
+    /// party; only then does the runtime move the offsets past the batch. On `Err`, nothing of
+    /// the batch counts as written: retryable errors retry the whole batch, so the writes
+    /// already made must be repeatable (see the trait's contract).
+    fn write(
+        &mut self,
+        batch: &[Delivery],
+        ctx: &SinkContext,
+    ) -> impl Future<Output = Result<BatchOutcome, SinkError>> + Send;
+}

@@ -1,0 +1,234 @@
+//! Integrations in Postgres (migration `0004_connect`).
+
+use chrono::{DateTime, Utc};
+use collect_model::FieldError;
+use deadpool_postgres::Pool;
+use serde::Serialize;
+use serde_json::Value;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+/// Errors of the integration store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Unknown (or another organization's) integration or form.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The input does not fit.
+    #[error("invalid: {}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<FieldError>),
+    /// Postgres failed.
+    #[error("database: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    /// No connection.
+    #[error("database pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+}
+
+/// An integration as stored. Credentials stay sealed here and are never serialized.
+#[derive(Debug, Clone, Serialize)]
+pub struct Integration {
+    /// Id.
+    pub id: Uuid,
+    /// Owner.
+    pub org_id: Uuid,
+    /// The form it follows.
+    pub form_id: Uuid,
+    /// Kind (`sheets`, `sms`, ...).
+    pub kind: String,
+    /// Optional unique name.
+    pub name: Option<String>,
+    /// The kind's configuration.
+    pub config: Value,
+    /// `active`, `paused` or `deleted`.
+    pub status: String,
+    /// Why it is paused, when it is.
+    pub status_reason: Option<String>,
+    /// Whether credentials are stored.
+    pub has_credentials: bool,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+    #[serde(skip)]
+    pub(crate) sealed: Option<Vec<u8>>,
+}
+
+const COLUMNS: &str = "id, org_id, form_id, kind, name, config, status, status_reason, credentials, created_at, updated_at";
+
+fn integration(r: &Row) -> Integration {
+    let sealed: Option<Vec<u8>> = r.get(8);
+    Integration {
+        id: r.get(0),
+        org_id: r.get(1),
+        form_id: r.get(2),
+        kind: r.get(3),
+        name: r.get(4),
+        config: r.get(5),
+        status: r.get(6),
+        status_reason: r.get(7),
+        has_credentials: sealed.is_some(),
+        sealed,
+        created_at: r.get(9),
+        updated_at: r.get(10),
+    }
+}
+
+/// A new integration, validated by its kind.
+pub struct NewIntegration<'a> {
+    /// Owner.
+    pub org_id: Uuid,
+    /// Form.
+    pub form_id: Uuid,
+    /// Kind.
+    pub kind: &'a str,
+    /// Name.
+    pub name: Option<&'a str>,
+    /// Configuration.
+    pub config: &'a Value,
+    /// Sealed credentials.
+    pub sealed: Option<Vec<u8>>,
+}
+
+/// Access to the `integrations` table.
+#[derive(Clone)]
+pub struct IntegrationStore {
+    pool: Pool,
+}
+
+impl IntegrationStore {
+    /// Wraps a pool.
+    pub fn new(pool: Pool) -> Self {
+        Self { pool }
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Creates an integration on a form of the organization; with `name` set and an
+    /// integration of that name existing, replaces its kind, form, config and credentials
+    /// instead (declarative files). Returns it and whether it was created.
+    pub async fn upsert(&self, n: NewIntegration<'_>) -> Result<(Integration, bool), StoreError> {
+        let mut c = self.pool.get().await?;
+        let tx = c.transaction().await?;
+        let owned = tx
+            .query_opt(
+                "SELECT 1 FROM forms WHERE id = $1 AND org_id = $2 AND deleted_at IS NULL",
+                &[&n.form_id, &n.org_id],
+            )
+            .await?
+            .is_some();
+        if !owned {
+            return Err(StoreError::NotFound("form"));
+        }
+        let existing: Option<Uuid> = match n.name {
+            Some(name) => tx
+                .query_opt(
+                    "SELECT id FROM integrations WHERE org_id = $1 AND name = $2 AND status <> 'deleted' FOR UPDATE",
+                    &[&n.org_id, &name],
+                )
+                .await?
+                .map(|r| r.get(0)),
+            None => None,
+        };
+        let row = match existing {
+            Some(id) => {
+                tx.query_one(
+                    &format!(
+                        "UPDATE integrations SET form_id = $2, kind = $3, config = $4, credentials = $5, \
+                         updated_at = now() WHERE id = $1 RETURNING {COLUMNS}"
+                    ),
+                    &[&id, &n.form_id, &n.kind, n.config, &n.sealed],
+                )
+                .await?
+            }
+            None => {
+                tx.query_one(
+                    &format!(
+                        "INSERT INTO integrations (id, org_id, form_id, kind, name, config, credentials) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLUMNS}"
+                    ),
+                    &[&Uuid::now_v7(), &n.org_id, &n.form_id, &n.kind, &n.name, n.config, &n.sealed],
+                )
+                .await?
+            }
+        };
+        tx.commit().await?;
+        Ok((integration(&row), existing.is_none()))
+    }
+
+    /// The organization's integrations (not deleted), oldest first.
+    pub async fn list(&self, org: Uuid) -> Result<Vec<Integration>, StoreError> {
+        let c = self.pool.get().await?;
+        let rows = c
+            .query(
+                &format!("SELECT {COLUMNS} FROM integrations WHERE org_id = $1 AND status <> 'deleted' ORDER BY id"),
+                &[&org],
+            )
+            .await?;
+        Ok(rows.iter().map(integration).collect())
+    }
+
+    /// One integration of the organization.
+    pub async fn get(&self, org: Uuid, id: Uuid) -> Result<Integration, StoreError> {
+        let c = self.pool.get().await?;
+        c.query_opt(
+            &format!("SELECT {COLUMNS} FROM integrations WHERE id = $1 AND org_id = $2 AND status <> 'deleted'"),
+            &[&id, &org],
+        )
+        .await?
+        .map(|r| integration(&r))
+        .ok_or(StoreError::NotFound("integration"))
+    }
+
+    /// Every active integration (for the supervisor).
+    pub async fn active(&self) -> Result<Vec<Integration>, StoreError> {
+        let c = self.pool.get().await?;
+        let rows = c
+            .query(
+                &format!("SELECT {COLUMNS} FROM integrations WHERE status = 'active' ORDER BY id"),
+                &[],
+            )
+            .await?;
+        Ok(rows.iter().map(integration).collect())
+    }
+
+    /// Sets an integration's status (any organization: the runtime pauses on fatal errors).
+    pub async fn set_status(
+        &self,
+        id: Uuid,
+        status: &str,
+        reason: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let c = self.pool.get().await?;
+        c.execute(
+            "UPDATE integrations SET status = $2, status_reason = $3, updated_at = now() WHERE id = $1 AND status <> 'deleted'",
+            &[&id, &status, &reason],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Pauses, resumes or deletes an integration of the organization.
+    pub async fn set_status_of(
+        &self,
+        org: Uuid,
+        id: Uuid,
+        status: &str,
+        reason: Option<&str>,
+    ) -> Result<Integration, StoreError> {
+        let c = self.pool.get().await?;
+        c.query_opt(
+            &format!(
+                "UPDATE integrations SET status = $3, status_reason = $4, updated_at = now() \
+                 WHERE id = $1 AND org_id = $2 AND status <> 'deleted' RETURNING {COLUMNS}"
+            ),
+            &[&id, &org, &status, &reason],
+        )
+        .await?
+        .map(|r| integration(&r))
+        .ok_or(StoreError::NotFound("integration"))
+    }
+}

@@ -1,0 +1,271 @@
+//! Runs the workers of active integrations, spread over `collect connect` processes.
+//!
+//! Each process holds a Postgres advisory lock per integration it runs, on one session of
+//! its own, up to its capacity. Every poll it reaps finished workers (pausing integrations
+//! whose sink reported a fatal error), stops workers of integrations that were paused,
+//! deleted or replaced, and takes free integrations. When a process dies, its session ends,
+//! its locks go, and other processes take its integrations over: the hand-over Kafka groups
+//! do with rebalances, where a worker commits what is durable before it lets go.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_postgres::NoTls;
+use uuid::Uuid;
+
+use crate::crypto::Sealer;
+use crate::kind::Kinds;
+use crate::store::{Integration, IntegrationStore};
+use crate::worker::{Job, Shared, WorkerExit};
+
+/// What a process knows about the integrations it runs (for the API's status).
+#[derive(Debug, Clone, Serialize)]
+pub struct RunInfo {
+    /// `running` or `backoff`.
+    pub state: String,
+    /// Last failure of a worker, if the latest ended in one.
+    pub last_error: Option<String>,
+}
+
+/// Integrations running here, shared with the API.
+pub type Running = Arc<Mutex<HashMap<Uuid, RunInfo>>>;
+
+/// Everything the supervisor needs.
+#[derive(Clone)]
+pub struct Connect {
+    /// Integrations.
+    pub store: IntegrationStore,
+    /// Opens stored credentials.
+    pub sealer: Arc<Sealer>,
+    /// Installed kinds.
+    pub kinds: Arc<dyn Kinds>,
+    /// What workers share.
+    pub shared: Shared,
+    /// Most integrations this process runs.
+    pub capacity: usize,
+    /// Interval of reconciliation.
+    pub poll: Duration,
+    /// Integrations running here.
+    pub running: Running,
+    /// Database URL for the lease session.
+    pub database_url: String,
+}
+
+struct Worker {
+    stop: watch::Sender<bool>,
+    handle: JoinHandle<WorkerExit>,
+    updated_at: chrono::DateTime<chrono::Utc>,
+    kind: String,
+}
+
+fn lock_key(id: Uuid) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in b"collect-connect:".iter().chain(id.as_bytes()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h as i64
+}
+
+impl Connect {
+    fn set_info(&self, id: Uuid, info: Option<RunInfo>) {
+        let mut map = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        match info {
+            Some(i) => map.insert(id, i),
+            None => map.remove(&id),
+        };
+    }
+
+    fn spawn(&self, integ: &Integration) -> Result<Worker, String> {
+        let credentials = match &integ.sealed {
+            Some(sealed) => {
+                let plain = self.sealer.open(sealed).map_err(|e| e.to_string())?;
+                Some(
+                    serde_json::from_slice(&plain)
+                        .map_err(|e| format!("stored credentials: {e}"))?,
+                )
+            }
+            None => None,
+        };
+        let (stop, stopped) = watch::channel(false);
+        let job = Job {
+            integration: integ.clone(),
+            shared: self.shared.clone(),
+            stop: stopped,
+        };
+        let fut = self
+            .kinds
+            .worker(&integ.kind, &integ.config, credentials.as_ref(), job)
+            .map_err(|e| e.to_string())?;
+        Ok(Worker {
+            stop,
+            handle: tokio::spawn(fut),
+            updated_at: integ.updated_at,
+            kind: integ.kind.clone(),
+        })
+    }
+}
+
+/// Runs until `stop` turns true, then stops every worker (bounded) and returns.
+pub async fn run(c: Connect, mut stop: watch::Receiver<bool>) -> Result<(), String> {
+    let mut workers: HashMap<Uuid, Worker> = HashMap::new();
+    let mut backoff: HashMap<Uuid, Instant> = HashMap::new();
+    let mut lease: Option<(tokio_postgres::Client, watch::Receiver<bool>)> = None;
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        // The lease session: every lock of this process lives on it.
+        let session_lost = lease.as_ref().is_some_and(|(_, lost)| *lost.borrow());
+        if session_lost {
+            tracing::error!("lost the lease session; stopping every worker");
+            stop_all(&c, &mut workers).await;
+            lease = None;
+        }
+        if lease.is_none() {
+            match tokio_postgres::connect(&c.database_url, NoTls).await {
+                Ok((client, conn)) => {
+                    let (tx, rx) = watch::channel(false);
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                        let _ = tx.send(true);
+                    });
+                    lease = Some((client, rx));
+                }
+                Err(e) => tracing::error!(error = %e, "cannot open the lease session"),
+            }
+        }
+
+        // Reap finished workers.
+        let done: Vec<Uuid> = workers
+            .iter()
+            .filter(|(_, w)| w.handle.is_finished())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in done {
+            let Some(w) = workers.remove(&id) else {
+                continue;
+            };
+            let exit = w
+                .handle
+                .await
+                .unwrap_or_else(|e| WorkerExit::Failed(format!("worker panicked: {e}")));
+            if let Some((client, _)) = &lease {
+                let _ = client
+                    .execute("SELECT pg_advisory_unlock($1)", &[&lock_key(id)])
+                    .await;
+            }
+            match exit {
+                WorkerExit::Stopped => c.set_info(id, None),
+                WorkerExit::Paused(reason) => {
+                    if let Err(e) = c.store.set_status(id, "paused", Some(&reason)).await {
+                        tracing::error!(integration = %id, error = %e, "cannot record the pause");
+                    }
+                    c.set_info(id, None);
+                }
+                WorkerExit::Failed(e) => {
+                    tracing::error!(integration = %id, kind = w.kind, error = e, "worker failed; restarting in 5 s");
+                    backoff.insert(id, Instant::now() + Duration::from_secs(5));
+                    c.set_info(
+                        id,
+                        Some(RunInfo {
+                            state: "backoff".into(),
+                            last_error: Some(e),
+                        }),
+                    );
+                }
+            }
+        }
+
+        // Reconcile with the table.
+        match c.store.active().await {
+            Ok(active) => {
+                let wanted: HashMap<Uuid, &Integration> =
+                    active.iter().map(|i| (i.id, i)).collect();
+                for (id, w) in &workers {
+                    let gone = wanted.get(id).is_none_or(|i| i.updated_at != w.updated_at);
+                    if gone {
+                        let _ = w.stop.send(true);
+                    }
+                }
+                if let Some((client, _)) = &lease {
+                    for integ in &active {
+                        if workers.len() >= c.capacity {
+                            break;
+                        }
+                        if workers.contains_key(&integ.id)
+                            || backoff.get(&integ.id).is_some_and(|t| Instant::now() < *t)
+                        {
+                            continue;
+                        }
+                        let got: bool = match client
+                            .query_one("SELECT pg_try_advisory_lock($1)", &[&lock_key(integ.id)])
+                            .await
+                        {
+                            Ok(r) => r.get(0),
+                            Err(_) => false,
+                        };
+                        if !got {
+                            continue;
+                        }
+                        match c.spawn(integ) {
+                            Ok(w) => {
+                                backoff.remove(&integ.id);
+                                c.set_info(
+                                    integ.id,
+                                    Some(RunInfo {
+                                        state: "running".into(),
+                                        last_error: None,
+                                    }),
+                                );
+                                workers.insert(integ.id, w);
+                            }
+                            Err(e) => {
+                                let _ = client
+                                    .execute(
+                                        "SELECT pg_advisory_unlock($1)",
+                                        &[&lock_key(integ.id)],
+                                    )
+                                    .await;
+                                tracing::error!(integration = %integ.id, error = e, "cannot start the integration; pausing it");
+                                let _ = c.store.set_status(integ.id, "paused", Some(&e)).await;
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot list integrations"),
+        }
+
+        tokio::select! {
+            _ = tokio::time::sleep(c.poll) => {}
+            _ = stop.changed() => {}
+        }
+    }
+    stop_all(&c, &mut workers).await;
+    Ok(())
+}
+
+/// Stops every worker and waits for them (30 s at most each), recording pauses.
+async fn stop_all(c: &Connect, workers: &mut HashMap<Uuid, Worker>) {
+    for w in workers.values() {
+        let _ = w.stop.send(true);
+    }
+    for (id, mut w) in workers.drain() {
+        match tokio::time::timeout(Duration::from_secs(30), &mut w.handle).await {
+            Ok(Ok(WorkerExit::Paused(reason))) => {
+                let _ = c.store.set_status(id, "paused", Some(&reason)).await;
+            }
+            Ok(_) => {}
+            Err(_) => {
+                tracing::warn!(integration = %id, "worker did not stop within 30 s; aborting it");
+                w.handle.abort();
+            }
+        }
+        c.set_info(id, None);
+    }
+}

@@ -1,0 +1,460 @@
+//! One integration's worker: consume its form's partition of each event topic, batch, write
+//! through the sink with retries, dead-letter what can never be written, and commit offsets
+//! only past what is durable.
+//!
+//! Each integration has its own consumer, manually assigned to the one partition of each
+//! topic that holds its form (the reader partitions by form), with its offsets committed
+//! under its own consumer group `collect.integration.<id>`. So pausing, resuming or
+//! replaying one integration never moves another, and an integration reads one partition,
+//! not the whole topic.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use collect_events::partition_for;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tokio::sync::watch;
+
+use crate::decode::{DecodeError, Decoder, Stream};
+use crate::dlq::{DeadLetter, DeadLetters};
+use crate::limits::Limiter;
+use crate::metrics::Metrics;
+use crate::retry::RetryPolicy;
+use crate::sink::{Delivery, Sink, SinkContext, SinkError, SinkEvent};
+use crate::store::Integration;
+
+/// Settings shared by every worker of a process.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Kafka bootstrap servers.
+    pub brokers: String,
+    /// Schema registry URL.
+    pub registry_url: String,
+    /// Topic of response events.
+    pub responses_topic: String,
+    /// Topic of form events.
+    pub forms_topic: String,
+    /// Most events per batch.
+    pub batch_max_events: usize,
+    /// Most encoded bytes per batch.
+    pub batch_max_bytes: usize,
+    /// Longest wait for a batch to fill once its first event arrived.
+    pub batch_max_wait: Duration,
+    /// Backoff of retryable errors (retried until they stop or the worker is stopped).
+    pub retry: RetryPolicy,
+    /// Interval of offset commits when only other forms' records were read.
+    pub idle_commit: Duration,
+    /// Extra librdkafka consumer settings.
+    pub consumer_options: Vec<(String, String)>,
+}
+
+impl Settings {
+    /// Defaults around the given brokers, registry and topics.
+    pub fn new(
+        brokers: &str,
+        registry_url: &str,
+        responses_topic: &str,
+        forms_topic: &str,
+    ) -> Self {
+        Self {
+            brokers: brokers.into(),
+            registry_url: registry_url.into(),
+            responses_topic: responses_topic.into(),
+            forms_topic: forms_topic.into(),
+            batch_max_events: 1000,
+            batch_max_bytes: 2 * 1024 * 1024,
+            batch_max_wait: Duration::from_millis(500),
+            retry: RetryPolicy {
+                max_attempts: u32::MAX,
+                ..RetryPolicy::default()
+            },
+            idle_commit: Duration::from_secs(5),
+            consumer_options: Vec::new(),
+        }
+    }
+}
+
+/// What every worker of a process shares.
+#[derive(Clone)]
+pub struct Shared {
+    /// Settings.
+    pub settings: Arc<Settings>,
+    /// Event decoder.
+    pub decoder: Arc<Decoder>,
+    /// Dead-letter producer.
+    pub dead_letters: DeadLetters,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Rate limits.
+    pub limiter: Limiter,
+    /// Postgres, for sinks' state.
+    pub db: deadpool_postgres::Pool,
+}
+
+/// One worker's assignment.
+pub struct Job {
+    /// The integration.
+    pub integration: Integration,
+    /// What the process shares.
+    pub shared: Shared,
+    /// Turns true to stop the worker (it finishes or abandons the batch in hand, commits
+    /// what is durable and returns).
+    pub stop: watch::Receiver<bool>,
+}
+
+/// How a worker ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkerExit {
+    /// Asked to stop.
+    Stopped,
+    /// The sink reported a fatal error: the integration must be paused with this reason.
+    Paused(String),
+    /// Something failed (broker, registry); the supervisor restarts it later.
+    Failed(String),
+}
+
+/// A consumed record and its event.
+struct Read {
+    delivery: Delivery,
+    key: Option<Vec<u8>>,
+    value: Vec<u8>,
+}
+
+/// Runs the worker of one integration until it is stopped or paused.
+pub async fn run<S: Sink>(mut sink: S, kind: &'static str, mut job: Job) -> WorkerExit {
+    let id = job.integration.id.to_string();
+    let metrics = job.shared.metrics.clone();
+    let state = |s: &str, v: i64| {
+        metrics
+            .state
+            .with_label_values(&[id.as_str(), kind, s])
+            .set(v)
+    };
+    state("running", 1);
+    let exit = match work(&mut sink, kind, &mut job).await {
+        Ok(exit) => exit,
+        Err(e) => WorkerExit::Failed(e),
+    };
+    state("running", 0);
+    if let WorkerExit::Paused(reason) = &exit {
+        tracing::warn!(integration = %id, kind, reason, "integration paused");
+    }
+    exit
+}
+
+fn stream_of(settings: &Settings, topic: &str) -> Stream {
+    if topic == settings.forms_topic {
+        Stream::Forms
+    } else {
+        Stream::Responses
+    }
+}
+
+fn form_of(event: &SinkEvent) -> &str {
+    match event {
+        SinkEvent::Response(r) => &r.form_id,
+        SinkEvent::Form(f) => &f.form_id,
+    }
+}
+
+/// Sleeps `d` unless stopped first; returns true when stopped.
+async fn pause_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    if *stop.borrow() {
+        return true;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(d) => *stop.borrow(),
+        _ = stop.changed() => true,
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("blocking task: {e}"))
+}
+
+async fn work<S: Sink>(
+    sink: &mut S,
+    kind: &'static str,
+    job: &mut Job,
+) -> Result<WorkerExit, String> {
+    let settings = job.shared.settings.clone();
+    let integ = job.integration.clone();
+    let id = integ.id.to_string();
+    let form_id = integ.form_id.to_string();
+    let labels = [id.as_str(), kind];
+    let m = job.shared.metrics.clone();
+    let ctx = SinkContext {
+        integration_id: integ.id,
+        form_id: integ.form_id,
+        limiter: job.shared.limiter.clone(),
+        metrics: m.sink(&id, kind),
+        db: job.shared.db.clone(),
+    };
+
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &settings.brokers)
+        .set("group.id", format!("collect.integration.{id}"))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        // Bounded prefetch: at most this much waits in memory while the sink is slow.
+        .set("queued.max.messages.kbytes", "4096")
+        .set("fetch.max.bytes", "4194304");
+    for (k, v) in &settings.consumer_options {
+        config.set(k, v);
+    }
+    let consumer: Arc<StreamConsumer> = Arc::new(config.create().map_err(|e| e.to_string())?);
+
+    // The one partition of each topic that holds this form.
+    let topics = [
+        settings.responses_topic.clone(),
+        settings.forms_topic.clone(),
+    ];
+    let (c, t) = (consumer.clone(), topics.clone());
+    let counts = blocking(move || {
+        t.iter()
+            .map(|topic| {
+                let meta = c
+                    .fetch_metadata(Some(topic), Duration::from_secs(10))
+                    .map_err(|e| e.to_string())?;
+                meta.topics()
+                    .first()
+                    .map(|x| x.partitions().len() as i32)
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| format!("topic {topic} has no partitions"))
+            })
+            .collect::<Result<Vec<i32>, String>>()
+    })
+    .await??;
+    let mut assigned = TopicPartitionList::new();
+    for (topic, n) in topics.iter().zip(&counts) {
+        assigned.add_partition(topic, partition_for(&form_id, *n));
+    }
+    let c = consumer.clone();
+    let wanted = assigned.clone();
+    let committed = blocking(move || c.committed_offsets(wanted, Duration::from_secs(10)))
+        .await?
+        .map_err(|e| e.to_string())?;
+    let mut start = TopicPartitionList::new();
+    let mut durable: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    for e in committed.elements() {
+        let offset = match e.offset() {
+            Offset::Offset(o) if o >= 0 => Offset::Offset(o),
+            _ => Offset::Beginning,
+        };
+        start
+            .add_partition_offset(e.topic(), e.partition(), offset)
+            .map_err(|e| e.to_string())?;
+        if let Offset::Offset(o) = offset {
+            durable.insert((e.topic().to_string(), e.partition()), o);
+        }
+    }
+    consumer.assign(&start).map_err(|e| e.to_string())?;
+    tracing::info!(integration = %id, kind, form = %form_id, partitions = ?start.elements().iter().map(|e| (e.topic().to_string(), e.partition(), e.offset())).collect::<Vec<_>>(), "worker started");
+
+    // Prepare the destination.
+    let mut attempt = 0;
+    loop {
+        match sink.start(&ctx).await {
+            Ok(()) => break,
+            Err(SinkError::Fatal { message }) => return Ok(WorkerExit::Paused(message)),
+            Err(SinkError::Retryable {
+                message,
+                retry_after,
+            }) => {
+                m.retries.with_label_values(&labels).inc();
+                tracing::warn!(integration = %id, error = message, "sink start failed; retrying");
+                if pause_or_stop(settings.retry.backoff(attempt, retry_after), &mut job.stop).await
+                {
+                    return Ok(WorkerExit::Stopped);
+                }
+                attempt += 1;
+            }
+        }
+    }
+
+    let mut read_to = durable.clone();
+    let mut last_commit = Instant::now();
+    let mut last_lag = Instant::now() - Duration::from_secs(60);
+    loop {
+        // Gather a batch.
+        let mut batch: Vec<Read> = Vec::new();
+        let mut bytes = 0usize;
+        let mut first: Option<Instant> = None;
+        let mut stopping = *job.stop.borrow();
+        while !stopping
+            && batch.len() < settings.batch_max_events
+            && bytes < settings.batch_max_bytes
+        {
+            let wait = match first {
+                Some(t) => settings.batch_max_wait.saturating_sub(t.elapsed()),
+                None => Duration::from_secs(1),
+            };
+            if first.is_some() && wait.is_zero() {
+                break;
+            }
+            let msg = tokio::select! {
+                _ = job.stop.changed() => { stopping = true; continue; }
+                r = tokio::time::timeout(wait, consumer.recv()) => r,
+            };
+            let msg = match msg {
+                Err(_) => {
+                    if first.is_some() {
+                        break;
+                    }
+                    // Idle: commit progress over other forms' records now and then.
+                    if read_to != durable && last_commit.elapsed() >= settings.idle_commit {
+                        break;
+                    }
+                    continue;
+                }
+                Ok(Err(e)) => return Err(format!("consumer: {e}")),
+                Ok(Ok(msg)) => msg,
+            };
+            let topic = msg.topic().to_string();
+            let (partition, offset) = (msg.partition(), msg.offset());
+            let value = msg.payload().unwrap_or_default().to_vec();
+            let key = msg.key().map(<[u8]>::to_vec);
+            drop(msg);
+            match job
+                .shared
+                .decoder
+                .decode(stream_of(&settings, &topic), &value)
+                .await
+            {
+                Ok(event) if form_of(&event) == form_id => {
+                    bytes += value.len();
+                    first.get_or_insert_with(Instant::now);
+                    batch.push(Read {
+                        delivery: Delivery {
+                            event,
+                            topic: topic.clone(),
+                            partition,
+                            offset,
+                        },
+                        key,
+                        value,
+                    });
+                }
+                Ok(_) => {}
+                Err(DecodeError::Poison(reason)) => {
+                    job.shared
+                        .dead_letters
+                        .send(DeadLetter {
+                            integration: &id,
+                            kind,
+                            reason: &reason,
+                            topic: &topic,
+                            partition,
+                            offset,
+                            key: key.as_deref(),
+                            value: &value,
+                        })
+                        .await?;
+                    m.dead_letters.with_label_values(&labels).inc();
+                    tracing::warn!(integration = %id, topic, partition, offset, reason, "undecodable record sent to the dead-letter topic");
+                }
+                Err(DecodeError::Unavailable(e)) => return Err(e),
+            }
+            read_to.insert((topic, partition), offset + 1);
+        }
+
+        if !batch.is_empty() {
+            m.delivered
+                .with_label_values(&labels)
+                .inc_by(batch.len() as u64);
+            m.batch_size
+                .with_label_values(&[kind])
+                .observe(batch.len() as f64);
+            let deliveries: Vec<Delivery> = batch.iter().map(|r| r.delivery.clone()).collect();
+            let mut attempt = 0;
+            let outcome = loop {
+                match sink.write(&deliveries, &ctx).await {
+                    Ok(o) => break o,
+                    Err(SinkError::Fatal { message }) => return Ok(WorkerExit::Paused(message)),
+                    Err(SinkError::Retryable {
+                        message,
+                        retry_after,
+                    }) => {
+                        m.retries.with_label_values(&labels).inc();
+                        let wait = settings.retry.backoff(attempt, retry_after);
+                        tracing::warn!(integration = %id, error = message, retry_in = ?wait, "batch failed; retrying");
+                        if pause_or_stop(wait, &mut job.stop).await {
+                            // Nothing of this batch is committed: it comes again next time.
+                            return Ok(WorkerExit::Stopped);
+                        }
+                        attempt += 1;
+                    }
+                }
+            };
+            for (i, reason) in &outcome.rejected {
+                let Some(r) = batch.get(*i) else { continue };
+                let d = &r.delivery;
+                job.shared
+                    .dead_letters
+                    .send(DeadLetter {
+                        integration: &id,
+                        kind,
+                        reason,
+                        topic: &d.topic,
+                        partition: d.partition,
+                        offset: d.offset,
+                        key: r.key.as_deref(),
+                        value: &r.value,
+                    })
+                    .await?;
+                m.dead_letters.with_label_values(&labels).inc();
+            }
+            m.committed
+                .with_label_values(&labels)
+                .inc_by((batch.len() - outcome.rejected.len()) as u64);
+        }
+
+        // Everything read so far is durable, skipped or dead-lettered: commit it.
+        if read_to != durable {
+            let mut tpl = TopicPartitionList::new();
+            for ((topic, partition), offset) in &read_to {
+                tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+                    .map_err(|e| e.to_string())?;
+            }
+            consumer
+                .commit(&tpl, CommitMode::Sync)
+                .map_err(|e| format!("commit: {e}"))?;
+            durable = read_to.clone();
+            last_commit = Instant::now();
+        }
+        if last_lag.elapsed() >= Duration::from_secs(5) {
+            last_lag = Instant::now();
+            let (c, positions) = (consumer.clone(), durable.clone());
+            let all: Vec<(String, i32)> = assigned
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_string(), e.partition()))
+                .collect();
+            if let Ok(lag) = blocking(move || {
+                all.iter()
+                    .map(|(t, p)| {
+                        let (_, high) = c
+                            .fetch_watermarks(t, *p, Duration::from_secs(2))
+                            .unwrap_or((0, 0));
+                        (high - positions.get(&(t.clone(), *p)).copied().unwrap_or(0)).max(0)
+                    })
+                    .sum::<i64>()
+            })
+            .await
+            {
+                m.lag.with_label_values(&labels).set(lag);
+            }
+        }
+        if stopping {
+            return Ok(WorkerExit::Stopped);
+        }
+    }
+}
