@@ -39,6 +39,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0004_connect",
         sql: include_str!("../../../migrations/0004_connect.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_sheets",
+        sql: include_str!("../../../migrations/0005_sheets.sql"),
+    },
 ];
 
 /// Advisory lock key held while migrating ("collect" in ASCII).

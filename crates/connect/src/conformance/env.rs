@@ -6,7 +6,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use collect_events::{Answer, ResponseEvent, ResponseOp, partition_for, response_codec};
+use collect_events::{
+    Answer, FormEvent, FormOp, QuestionState, ResponseEvent, ResponseOp, form_codec, partition_for,
+    response_codec,
+};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -51,6 +54,7 @@ pub struct Env {
     pub api_key: String,
     producer: FutureProducer,
     response_schema_id: u32,
+    form_schema_id: u32,
 }
 
 /// A worker started by the environment.
@@ -137,6 +141,18 @@ impl Env {
         .await
         .map_err(|e| e.to_string())?
         .id;
+        let form_schema_id = post_schema(
+            &sr,
+            format!("{forms}-value"),
+            SuppliedSchema::new(
+                None,
+                SchemaType::Avro,
+                collect_events::FORM_EVENT_SCHEMA.into(),
+            ),
+        )
+        .await
+        .map_err(|e| e.to_string())?
+        .id;
         let store = collect_store::Store::new(pool.clone());
         let org = store
             .create_org("conformance")
@@ -179,6 +195,7 @@ impl Env {
             api_key: org.api_key,
             producer,
             response_schema_id,
+            form_schema_id,
         })
     }
 
@@ -273,6 +290,63 @@ impl Env {
                 .send(
                     FutureRecord::to(topic)
                         .key(&e.response_id)
+                        .payload(&value)
+                        .partition(self.partition()),
+                    Duration::from_secs(30),
+                )
+                .await
+                .map_err(|(e, _)| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// A question event of the test form.
+    pub fn question(
+        &self,
+        id: &str,
+        label: &str,
+        alias: &str,
+        position: i32,
+        deleted: bool,
+    ) -> FormEvent {
+        FormEvent {
+            event_id: format!("test/q/{id}/{label}"),
+            op: if deleted {
+                FormOp::Deleted
+            } else {
+                FormOp::Updated
+            },
+            form_id: self.form.to_string(),
+            form: None,
+            question: Some(QuestionState {
+                question_id: id.into(),
+                label: label.into(),
+                question_type: "text".into(),
+                alias: Some(alias.into()),
+                position,
+                required: false,
+                options: vec![],
+                created_at: 1_700_000_000_000_000,
+                updated_at: 1_700_000_000_000_000,
+                deleted_at: deleted.then_some(1_700_000_000_000_001),
+            }),
+            commit_lsn: 1,
+            commit_ts: 1_700_000_000_000_000,
+            xid: 1,
+        }
+    }
+
+    /// Produces form events to the forms topic (the form's partition), waiting for acks.
+    pub async fn produce_forms(&self, events: &[FormEvent]) -> Result<(), String> {
+        let topic = &self.shared.settings.forms_topic;
+        for e in events {
+            let value = form_codec()
+                .encode(self.form_schema_id, e)
+                .map_err(|e| e.to_string())?;
+            self.producer
+                .send(
+                    FutureRecord::to(topic)
+                        .key(&e.form_id)
                         .payload(&value)
                         .partition(self.partition()),
                     Duration::from_secs(30),

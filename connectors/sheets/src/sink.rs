@@ -1,0 +1,743 @@
+//! The Sheets sink: every response of the form is one row of the sheet, kept up to date.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use collect_connect::limits::Rate;
+use collect_connect::{BatchOutcome, Delivery, Sink, SinkContext, SinkError, SinkEvent};
+use collect_events::ResponseEvent;
+use google_sheets4::api::{
+    AddSheetRequest, AppendDimensionRequest, GridProperties, Request, SheetProperties, ValueRange,
+};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::auth::Auth;
+use crate::config::{Config, Credentials, OnCellLimit};
+use crate::layout::{FIXED, row_cells, row_range};
+use crate::service::{CallError, Service};
+use crate::state::{Column, RowAt, State, Tab};
+
+/// Google's limit of cells per spreadsheet.
+pub const CELL_LIMIT: u64 = 10_000_000;
+/// Rows added at least when a grid grows (fewer structural requests under load).
+const GROW_ROWS: u32 = 1000;
+
+/// The sink of one Sheets integration.
+pub struct SheetsSink {
+    config: Config,
+    credentials: Credentials,
+    http: reqwest::Client,
+    service: Service,
+    auth: Option<Auth>,
+    state: Option<State>,
+    spreadsheet: String,
+    tabs: Vec<Tab>,
+    /// Grid size (rows, columns) of every sheet of the spreadsheet, ours or not.
+    grids: HashMap<i64, (u32, u32)>,
+    columns: HashMap<Uuid, Column>,
+}
+
+impl SheetsSink {
+    /// A sink for `config` and `credentials` (nothing is contacted before `start`).
+    pub fn new(config: Config, credentials: Credentials) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap_or_default();
+        let service = Service::new(http.clone(), &config.api_base_url);
+        Self {
+            config,
+            credentials,
+            http,
+            service,
+            auth: None,
+            state: None,
+            spreadsheet: String::new(),
+            tabs: Vec::new(),
+            grids: HashMap::new(),
+            columns: HashMap::new(),
+        }
+    }
+
+    fn state(&self) -> Result<&State, SinkError> {
+        self.state
+            .as_ref()
+            .ok_or_else(|| SinkError::retryable("the sink was not started"))
+    }
+
+    fn width(&self) -> usize {
+        self.columns
+            .values()
+            .map(|c| c.index as usize + 1)
+            .max()
+            .unwrap_or(0)
+            .max(FIXED.len())
+    }
+
+    fn header(&self) -> Vec<Value> {
+        let mut h: Vec<Value> = FIXED.iter().map(|s| Value::String((*s).into())).collect();
+        h.resize(self.width(), Value::String(String::new()));
+        for c in self.columns.values() {
+            h[c.index as usize] = Value::String(c.label.clone());
+        }
+        h
+    }
+
+    fn cells(&self) -> u64 {
+        self.grids
+            .values()
+            .map(|(r, c)| u64::from(*r) * u64::from(*c))
+            .sum()
+    }
+
+    /// Runs one Sheets call: quota permits first for writes (per user and per project, as
+    /// Google counts them), a fresh token after a 401, and the runtime's meaning of each
+    /// failure.
+    async fn call<T, F, Fut>(&self, ctx: &SinkContext, write: bool, op: F) -> Result<T, CallError>
+    where
+        F: Fn(String) -> Fut,
+        Fut: std::future::Future<Output = Result<T, CallError>>,
+    {
+        let auth = self.auth.as_ref().ok_or_else(|| CallError::Retryable {
+            message: "not started".into(),
+            retry_after: None,
+        })?;
+        if write {
+            let q = self.config.quotas;
+            let started = Instant::now();
+            for (key, rate) in [
+                (
+                    format!("sheets:{}", auth.identity.user),
+                    Rate::per_minute(q.write_requests_per_minute_per_user),
+                ),
+                (
+                    format!("sheets:{}", auth.identity.project),
+                    Rate::per_minute(q.write_requests_per_minute_per_project),
+                ),
+            ] {
+                ctx.limiter
+                    .acquire(&key, rate, Duration::from_secs(120))
+                    .await
+                    .map_err(|e| CallError::Retryable {
+                        message: e.to_string(),
+                        retry_after: None,
+                    })?;
+            }
+            if started.elapsed() > Duration::from_millis(50) {
+                ctx.metrics.throttled();
+            }
+        }
+        for attempt in 0..2 {
+            let token = auth.token().await.map_err(|e| match e {
+                SinkError::Fatal { message } => CallError::Fatal(message),
+                SinkError::Retryable {
+                    message,
+                    retry_after,
+                } => CallError::Retryable {
+                    message,
+                    retry_after,
+                },
+            })?;
+            match op(token).await {
+                Ok(v) => {
+                    ctx.metrics.request("ok");
+                    return Ok(v);
+                }
+                Err(CallError::Unauthorized(m)) if attempt == 0 => {
+                    ctx.metrics.request("error");
+                    tracing::warn!(error = m, "token refused; getting a new one");
+                    auth.invalidate().await;
+                }
+                Err(e) => {
+                    let throttled = matches!(&e, CallError::Retryable { message, .. } if message.starts_with("429"));
+                    ctx.metrics
+                        .request(if throttled { "throttled" } else { "error" });
+                    if throttled {
+                        ctx.metrics.throttled();
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Err(CallError::Fatal(
+            "Google keeps refusing fresh tokens for this spreadsheet".into(),
+        ))
+    }
+}
+
+fn to_sink(e: CallError) -> SinkError {
+    match e {
+        CallError::Retryable {
+            message,
+            retry_after,
+        } => SinkError::Retryable {
+            message,
+            retry_after,
+        },
+        CallError::Unauthorized(m) | CallError::Fatal(m) => SinkError::fatal(m),
+        CallError::Refused(m) => SinkError::fatal(format!("Google refused the request: {m}")),
+    }
+}
+
+fn tab_title(base: &str, index: i32) -> String {
+    if index == 0 {
+        base.to_string()
+    } else {
+        format!("{base} {}", index + 1)
+    }
+}
+
+fn question_id(s: &str) -> Option<Uuid> {
+    Uuid::parse_str(s).ok()
+}
+
+impl Sink for SheetsSink {
+    async fn start(&mut self, ctx: &SinkContext) -> Result<(), SinkError> {
+        let state = State::new(ctx.db.clone(), ctx.integration_id);
+        self.auth = Some(Auth::new(&self.credentials, self.http.clone()).await?);
+        // The spreadsheet: the one already in use, the configured one, or a new one.
+        let id = match state.spreadsheet().await? {
+            Some(id) => id,
+            None => {
+                let id = match &self.config.spreadsheet_id {
+                    Some(id) => id.clone(),
+                    None => {
+                        let title = self
+                            .config
+                            .spreadsheet_title
+                            .clone()
+                            .unwrap_or_else(|| format!("Form {}", ctx.form_id));
+                        let created = self
+                            .call(ctx, true, |t| {
+                                let (s, title, tab) = (
+                                    self.service.clone(),
+                                    title.clone(),
+                                    self.config.sheet_title.clone(),
+                                );
+                                async move { s.create(&t, &title, &tab).await }
+                            })
+                            .await
+                            .map_err(to_sink)?;
+                        created
+                            .spreadsheet_id
+                            .ok_or_else(|| SinkError::retryable("created spreadsheet has no id"))?
+                    }
+                };
+                state.set_spreadsheet(&id).await?;
+                id
+            }
+        };
+        self.spreadsheet = id.clone();
+        let sheet = self
+            .call(ctx, false, |t| {
+                let (s, id) = (self.service.clone(), id.clone());
+                async move { s.get(&t, &id).await }
+            })
+            .await
+            .map_err(|e| match e {
+                CallError::Fatal(m) => SinkError::fatal(format!(
+                    "{m}; share spreadsheet {id} with {}",
+                    self.auth
+                        .as_ref()
+                        .map(|a| a.identity.share_with.clone())
+                        .unwrap_or_default()
+                )),
+                other => to_sink(other),
+            })?;
+        let mut by_title: HashMap<String, i64> = HashMap::new();
+        self.grids.clear();
+        for s in sheet.sheets.unwrap_or_default() {
+            let Some(p) = s.properties else { continue };
+            let (Some(sid), Some(title)) = (p.sheet_id, p.title) else {
+                continue;
+            };
+            let g = p.grid_properties.unwrap_or_default();
+            self.grids.insert(
+                i64::from(sid),
+                (
+                    g.row_count.unwrap_or(0) as u32,
+                    g.column_count.unwrap_or(0) as u32,
+                ),
+            );
+            by_title.insert(title, i64::from(sid));
+        }
+        let (mut tabs, columns) = state.load().await?;
+        if tabs.is_empty() {
+            let title = self.config.sheet_title.clone();
+            let sheet_id = match by_title.get(&title) {
+                Some(id) => *id,
+                None => {
+                    let added = self
+                        .add_sheet(ctx, &title, 1000, self.width().max(26) as u32)
+                        .await?;
+                    by_title.insert(title.clone(), added);
+                    added
+                }
+            };
+            tabs.push(Tab {
+                index: 0,
+                sheet_id,
+                title,
+                next_row: 1,
+            });
+            state.reserve(&tabs, &[], &[]).await?;
+        }
+        for t in &tabs {
+            if by_title.get(&t.title) != Some(&t.sheet_id) {
+                return Err(SinkError::fatal(format!(
+                    "sheet '{}' was removed or renamed in spreadsheet {id}",
+                    t.title
+                )));
+            }
+        }
+        self.tabs = tabs;
+        self.columns = columns;
+        self.state = Some(state);
+        // The header of every tab, rewritten as it is (idempotent).
+        self.ensure_width(ctx).await?;
+        let header = self.header();
+        let data = self
+            .tabs
+            .iter()
+            .map(|t| header_range(&t.title, &header))
+            .collect();
+        self.write_values(ctx, data, &[]).await?;
+        Ok(())
+    }
+
+    async fn write(
+        &mut self,
+        batch: &[Delivery],
+        ctx: &SinkContext,
+    ) -> Result<BatchOutcome, SinkError> {
+        let mut outcome = BatchOutcome::default();
+        let mut changed_cols: Vec<(Uuid, Column)> = Vec::new();
+        let mut next_col = self.width() as i32;
+        // Form events: new questions get a column at the right, relabels change the header.
+        for d in batch {
+            let SinkEvent::Form(f) = &d.event else {
+                continue;
+            };
+            let Some(q) = &f.question else { continue };
+            let Some(qid) = question_id(&q.question_id) else {
+                continue;
+            };
+            match self.columns.get_mut(&qid) {
+                Some(c) if c.label != q.label => {
+                    c.label = q.label.clone();
+                    changed_cols.push((qid, c.clone()));
+                }
+                Some(_) => {}
+                None if q.deleted_at.is_none() => {
+                    let c = Column {
+                        index: next_col,
+                        label: q.label.clone(),
+                    };
+                    next_col += 1;
+                    self.columns.insert(qid, c.clone());
+                    changed_cols.push((qid, c));
+                }
+                None => {}
+            }
+        }
+        // The latest state of each response in the batch.
+        let mut order: Vec<Uuid> = Vec::new();
+        let mut latest: HashMap<Uuid, (usize, &ResponseEvent)> = HashMap::new();
+        for (i, d) in batch.iter().enumerate() {
+            let SinkEvent::Response(r) = &d.event else {
+                continue;
+            };
+            let Some(id) = question_id(&r.response_id) else {
+                outcome
+                    .rejected
+                    .push((i, format!("response id '{}' is not a UUID", r.response_id)));
+                continue;
+            };
+            match latest.get(&id) {
+                Some((_, prev)) if prev.revision > r.revision => {}
+                Some(_) => {
+                    latest.insert(id, (i, r));
+                }
+                None => {
+                    order.push(id);
+                    latest.insert(id, (i, r));
+                }
+            }
+        }
+        let state = self.state()?;
+        let stored = state.rows(&order).await?;
+        // Answers to questions no form event has named yet get a column too.
+        for id in &order {
+            for a in &latest[id].1.answers {
+                let Some(qid) = question_id(&a.question_id) else {
+                    continue;
+                };
+                if let std::collections::hash_map::Entry::Vacant(slot) = self.columns.entry(qid) {
+                    let label = a.alias.clone().unwrap_or_else(|| {
+                        format!("Question {}", &a.question_id[..8.min(a.question_id.len())])
+                    });
+                    let c = Column {
+                        index: next_col,
+                        label,
+                    };
+                    next_col += 1;
+                    slot.insert(c.clone());
+                    changed_cols.push((qid, c));
+                }
+            }
+        }
+        // Rows: known responses keep theirs; new ones take the next free row. Events older
+        // than what the sheet shows are dropped (they are replays).
+        let mut new_rows: Vec<(Uuid, RowAt)> = Vec::new();
+        let mut placed: Vec<(Uuid, RowAt)> = Vec::new();
+        for id in &order {
+            let (_, r) = latest[id];
+            match stored.get(id) {
+                Some(at) if at.revision > r.revision => {}
+                Some(at) => placed.push((*id, *at)),
+                None => {
+                    let at = self.allocate_row()?;
+                    new_rows.push((*id, at));
+                    placed.push((*id, at));
+                }
+            }
+        }
+        // Make room: grow grids, roll over near the cell limit.
+        let width = self.width();
+        self.make_room(ctx, &mut placed, &mut new_rows, width)
+            .await?;
+        // Reserve before writing: a crash now leaves rows reserved, never doubled.
+        self.state()?
+            .reserve(&self.tabs, &changed_cols, &new_rows)
+            .await?;
+        let mut data: Vec<(Option<Uuid>, ValueRange)> = Vec::new();
+        if !changed_cols.is_empty() {
+            let header = self.header();
+            for t in &self.tabs {
+                data.push((None, header_range(&t.title, &header)));
+            }
+        }
+        let columns: HashMap<String, usize> = self
+            .columns
+            .iter()
+            .map(|(q, c)| (q.to_string(), c.index as usize))
+            .collect();
+        let mut revisions: Vec<(Uuid, i32)> = Vec::new();
+        for (id, at) in &placed {
+            let (_, r) = latest[id];
+            let tab = self
+                .tabs
+                .iter()
+                .find(|t| t.index == at.tab)
+                .map(|t| t.title.clone())
+                .unwrap_or_default();
+            let cells = row_cells(r, width, self.config.on_delete, |q| columns.get(q).copied());
+            data.push((
+                Some(*id),
+                ValueRange {
+                    range: Some(row_range(&tab, at.row as u32, width)),
+                    values: Some(vec![cells]),
+                    major_dimension: None,
+                },
+            ));
+            revisions.push((*id, r.revision));
+        }
+        let refused = self
+            .write_values(
+                ctx,
+                data.iter().map(|(_, v)| v.clone()).collect(),
+                &data.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+            )
+            .await?;
+        for id in &refused {
+            let (i, _) = latest[id];
+            outcome
+                .rejected
+                .push((i, "Google refused this response's row (400)".into()));
+        }
+        revisions.retain(|(id, _)| !refused.contains(id));
+        ctx.metrics.written(revisions.len() as u64);
+        self.state()?.written(&revisions).await?;
+        Ok(outcome)
+    }
+}
+
+fn header_range(tab: &str, header: &[Value]) -> ValueRange {
+    ValueRange {
+        range: Some(row_range(tab, 0, header.len())),
+        values: Some(vec![header.to_vec()]),
+        major_dimension: None,
+    }
+}
+
+impl SheetsSink {
+    fn allocate_row(&mut self) -> Result<RowAt, SinkError> {
+        let tab = self
+            .tabs
+            .last_mut()
+            .ok_or_else(|| SinkError::retryable("no tab"))?;
+        let at = RowAt {
+            tab: tab.index,
+            row: tab.next_row,
+            revision: 0,
+        };
+        tab.next_row += 1;
+        Ok(at)
+    }
+
+    async fn add_sheet(
+        &mut self,
+        ctx: &SinkContext,
+        title: &str,
+        rows: u32,
+        cols: u32,
+    ) -> Result<i64, SinkError> {
+        let req = Request {
+            add_sheet: Some(AddSheetRequest {
+                properties: Some(SheetProperties {
+                    title: Some(title.into()),
+                    grid_properties: Some(GridProperties {
+                        row_count: Some(rows as i32),
+                        column_count: Some(cols as i32),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            }),
+            ..Default::default()
+        };
+        let id = self.spreadsheet.clone();
+        let answer = self
+            .call(ctx, true, |t| {
+                let (s, id, req) = (self.service.clone(), id.clone(), req.clone());
+                async move { s.batch_update(&t, &id, vec![req]).await }
+            })
+            .await
+            .map_err(to_sink)?;
+        let sheet_id = answer
+            .replies
+            .and_then(|r| r.into_iter().next())
+            .and_then(|r| r.add_sheet)
+            .and_then(|a| a.properties)
+            .and_then(|p| p.sheet_id)
+            .ok_or_else(|| SinkError::retryable("addSheet returned no sheet id"))?;
+        self.grids.insert(i64::from(sheet_id), (rows, cols));
+        Ok(i64::from(sheet_id))
+    }
+
+    /// Widens every tab to `self.width()` columns.
+    async fn ensure_width(&mut self, ctx: &SinkContext) -> Result<(), SinkError> {
+        let width = self.width() as u32;
+        let mut requests = Vec::new();
+        for t in &self.tabs {
+            let (rows, cols) = self.grids.get(&t.sheet_id).copied().unwrap_or((0, 0));
+            if cols < width {
+                requests.push(append(t.sheet_id, "COLUMNS", width - cols));
+                self.grids.insert(t.sheet_id, (rows, width));
+            }
+        }
+        self.structure(ctx, requests).await
+    }
+
+    async fn structure(
+        &mut self,
+        ctx: &SinkContext,
+        requests: Vec<Request>,
+    ) -> Result<(), SinkError> {
+        if requests.is_empty() {
+            return Ok(());
+        }
+        if self.cells() + self.config.cell_limit_margin > CELL_LIMIT {
+            return Err(SinkError::fatal(format!(
+                "spreadsheet {} would exceed Google's {CELL_LIMIT} cells; archive it and attach a new one",
+                self.spreadsheet
+            )));
+        }
+        let id = self.spreadsheet.clone();
+        self.call(ctx, true, |t| {
+            let (s, id, r) = (self.service.clone(), id.clone(), requests.clone());
+            async move { s.batch_update(&t, &id, r).await }
+        })
+        .await
+        .map_err(to_sink)?;
+        Ok(())
+    }
+
+    /// Grows grids for the rows about to be written, and rolls over to a new tab (or
+    /// pauses) when growing would cross Google's cell limit.
+    async fn make_room(
+        &mut self,
+        ctx: &SinkContext,
+        placed: &mut [(Uuid, RowAt)],
+        new_rows: &mut [(Uuid, RowAt)],
+        width: usize,
+    ) -> Result<(), SinkError> {
+        let width = width as u32;
+        let budget = CELL_LIMIT.saturating_sub(self.config.cell_limit_margin);
+        let mut requests = Vec::new();
+        let last = self
+            .tabs
+            .last()
+            .cloned()
+            .ok_or_else(|| SinkError::retryable("no tab"))?;
+        let (rows, cols) = self.grids.get(&last.sheet_id).copied().unwrap_or((0, 0));
+        let needed = last.next_row as u32;
+        let cols_after = cols.max(width);
+        let rows_after = if needed > rows {
+            needed.max(rows + GROW_ROWS)
+        } else {
+            rows
+        };
+        let growth =
+            u64::from(rows_after) * u64::from(cols_after) - u64::from(rows) * u64::from(cols);
+        if self.cells() + growth > budget {
+            if self.config.on_cell_limit == OnCellLimit::Pause {
+                return Err(SinkError::fatal(format!(
+                    "spreadsheet {} reached Google's cell limit ({CELL_LIMIT}); paused as configured (on_cell_limit = pause)",
+                    self.spreadsheet
+                )));
+            }
+            // Roll over: the new rows of this batch go to a new tab sized for them.
+            let moving: Vec<usize> = new_rows
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, at))| at.tab == last.index && at.row as u32 >= rows)
+                .map(|(i, _)| i)
+                .collect();
+            let index = last.index + 1;
+            let title = tab_title(&self.config.sheet_title, index);
+            let need_rows = moving.len() as u32 + 1 + GROW_ROWS;
+            if self.cells() + u64::from(need_rows) * u64::from(width) > budget {
+                return Err(SinkError::fatal(format!(
+                    "spreadsheet {} has no room left for another sheet; attach a new spreadsheet",
+                    self.spreadsheet
+                )));
+            }
+            let sheet_id = self.add_sheet(ctx, &title, need_rows, width).await?;
+            if let Some(t) = self.tabs.last_mut() {
+                t.next_row = rows as i32;
+            }
+            self.tabs.push(Tab {
+                index,
+                sheet_id,
+                title: title.clone(),
+                next_row: 1,
+            });
+            for i in moving {
+                let at = self.allocate_row()?;
+                let id = new_rows[i].0;
+                new_rows[i].1 = at;
+                if let Some(p) = placed.iter_mut().find(|(pid, _)| *pid == id) {
+                    p.1 = at;
+                }
+            }
+            tracing::warn!(
+                spreadsheet = self.spreadsheet,
+                tab = title,
+                "cell limit near: rolled over to a new sheet"
+            );
+            // The new tab needs its header.
+            let header = self.header();
+            self.write_values(ctx, vec![header_range(&title, &header)], &[])
+                .await?;
+        } else if rows_after > rows || cols_after > cols {
+            if rows_after > rows {
+                requests.push(append(last.sheet_id, "ROWS", rows_after - rows));
+            }
+            if cols_after > cols {
+                requests.push(append(last.sheet_id, "COLUMNS", cols_after - cols));
+            }
+            self.grids.insert(last.sheet_id, (rows_after, cols_after));
+        }
+        // Older tabs may need more columns for rows edited there.
+        for t in &self.tabs {
+            if t.index == last.index {
+                continue;
+            }
+            let (r, c) = self.grids.get(&t.sheet_id).copied().unwrap_or((0, 0));
+            if c < width && placed.iter().any(|(_, at)| at.tab == t.index) {
+                requests.push(append(t.sheet_id, "COLUMNS", width - c));
+                self.grids.insert(t.sheet_id, (r, width));
+            }
+        }
+        self.structure(ctx, requests).await
+    }
+
+    /// Writes ranges in requests of at most `max_request_bytes`. A request Google refuses
+    /// (400) is split until the refused range is alone; its response is returned for the
+    /// dead-letter topic (a refused header stops the integration).
+    async fn write_values(
+        &self,
+        ctx: &SinkContext,
+        data: Vec<ValueRange>,
+        owners: &[Option<Uuid>],
+    ) -> Result<Vec<Uuid>, SinkError> {
+        let sizes: Vec<usize> = data
+            .iter()
+            .map(|v| serde_json::to_string(v).map(|s| s.len()).unwrap_or(0) + 16)
+            .collect();
+        let mut chunks: Vec<Vec<usize>> = Vec::new();
+        let mut current: Vec<usize> = Vec::new();
+        let mut bytes = 0;
+        for (i, size) in sizes.iter().enumerate() {
+            if !current.is_empty() && bytes + size > self.config.max_request_bytes {
+                chunks.push(std::mem::take(&mut current));
+                bytes = 0;
+            }
+            current.push(i);
+            bytes += size;
+        }
+        if !current.is_empty() {
+            chunks.push(current);
+        }
+        let mut refused = Vec::new();
+        while let Some(chunk) = chunks.pop() {
+            let ranges: Vec<ValueRange> = chunk.iter().map(|i| data[*i].clone()).collect();
+            let id = self.spreadsheet.clone();
+            let result = self
+                .call(ctx, true, |t| {
+                    let (s, id, r) = (self.service.clone(), id.clone(), ranges.clone());
+                    async move { s.write(&t, &id, r).await }
+                })
+                .await;
+            match result {
+                Ok(_) => {}
+                Err(CallError::Refused(m)) if chunk.len() > 1 => {
+                    tracing::warn!(
+                        error = m,
+                        ranges = chunk.len(),
+                        "Google refused a write; splitting it to find the range"
+                    );
+                    let (a, b) = chunk.split_at(chunk.len() / 2);
+                    chunks.push(a.to_vec());
+                    chunks.push(b.to_vec());
+                }
+                Err(CallError::Refused(m)) => match owners.get(chunk[0]).copied().flatten() {
+                    Some(id) => {
+                        tracing::warn!(error = m, response = %id, "Google refused a response's row");
+                        refused.push(id);
+                    }
+                    None => {
+                        return Err(SinkError::fatal(format!(
+                            "Google refused the header row: {m}"
+                        )));
+                    }
+                },
+                Err(e) => return Err(to_sink(e)),
+            }
+        }
+        Ok(refused)
+    }
+}
+
+fn append(sheet_id: i64, dimension: &str, length: u32) -> Request {
+    Request {
+        append_dimension: Some(AppendDimensionRequest {
+            sheet_id: Some(sheet_id as i32),
+            dimension: Some(dimension.into()),
+            length: Some(length as i32),
+        }),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,521 @@
+//! The Sheets connector against the Sheets emulator, through the runtime, with the real broker
+//! and Postgres: the conformance suite, then the connector's own promises. What the tests
+//! check is read back from the emulated sheet with a plain Sheets v4 `values.get`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use collect_connect::conformance::{Env, Target, run_all, wait_observed};
+use collect_connect::store::Integration;
+use collect_connect::worker::WorkerExit;
+use collect_events::{Answer, ResponseEvent, ResponseOp};
+use collect_sheets::{Config, Credentials, SheetsSink};
+use serde_json::{Value, json};
+
+fn logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("warn,collect_sheets=info,rdkafka=error")
+            }),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// An emulator of its own, a service account that writes, and a reader's token.
+struct Google {
+    base: String,
+    http: reqwest::Client,
+    key: Value,
+    reader: String,
+}
+
+impl Google {
+    async fn start() -> Google {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let emulator = collect_emulators::sheets::Emulator::new(&base);
+        tokio::spawn(collect_emulators::sheets::serve(
+            listener,
+            emulator,
+            std::future::pending(),
+        ));
+        let http = reqwest::Client::new();
+        let key: Value = http
+            .post(format!("{base}/emulator/service-accounts"))
+            .json(&json!({"name": "collect-writer", "project": "forms-prod"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let reader_key: Value = http
+            .post(format!("{base}/emulator/service-accounts"))
+            .json(&json!({"name": "auditor", "project": "audit"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let sa = yup_oauth2::parse_service_account_key(reader_key.to_string()).unwrap();
+        let auth = yup_oauth2::ServiceAccountAuthenticator::builder(sa)
+            .build()
+            .await
+            .unwrap();
+        let reader = auth
+            .token(&["https://www.googleapis.com/auth/spreadsheets"])
+            .await
+            .unwrap()
+            .token()
+            .unwrap()
+            .to_string();
+        // The tests read the sheet often; writes keep Google's quotas (60 and 300 a minute).
+        http.put(format!("{base}/emulator/quotas"))
+            .json(&json!({"read_per_minute_user": 1_000_000, "read_per_minute_project": 1_000_000, "write_per_minute_user": 60, "write_per_minute_project": 300}))
+            .send()
+            .await
+            .unwrap();
+        Google {
+            base,
+            http,
+            key,
+            reader,
+        }
+    }
+
+    async fn spreadsheet(&self) -> String {
+        let s: Value = self
+            .http
+            .post(format!("{}/emulator/spreadsheets", self.base))
+            .json(&json!({"title": "Responses"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        s["spreadsheetId"].as_str().unwrap().to_string()
+    }
+
+    /// A GET of the Sheets API as a reader, retried through injected faults.
+    async fn read(&self, path: &str) -> Value {
+        let end = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let resp = self
+                .http
+                .get(format!("{}{path}", self.base))
+                .bearer_auth(&self.reader)
+                .send()
+                .await
+                .unwrap();
+            if resp.status().is_success() {
+                return resp.json().await.unwrap();
+            }
+            assert!(
+                tokio::time::Instant::now() < end,
+                "reading {path}: {}",
+                resp.status()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `values.get` of a range, as anyone would read it.
+    async fn values(&self, spreadsheet: &str, range: &str) -> Vec<Vec<Value>> {
+        let v = self
+            .read(&format!("/v4/spreadsheets/{spreadsheet}/values/{range}"))
+            .await;
+        v["values"]
+            .as_array()
+            .map(|rows| {
+                rows.iter()
+                    .map(|r| r.as_array().cloned().unwrap_or_default())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    async fn tabs(&self, spreadsheet: &str) -> Vec<String> {
+        let v = self.read(&format!("/v4/spreadsheets/{spreadsheet}")).await;
+        v["sheets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["properties"]["title"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    async fn faults(&self, f: Value) {
+        self.http
+            .put(format!("{}/emulator/faults", self.base))
+            .json(&f)
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
+struct SheetsTarget {
+    google: Google,
+}
+
+impl SheetsTarget {
+    fn spreadsheet_of(i: &Integration) -> String {
+        i.config["spreadsheet_id"].as_str().unwrap().to_string()
+    }
+}
+
+impl Target for SheetsTarget {
+    type S = SheetsSink;
+
+    fn kind(&self) -> &'static str {
+        "sheets"
+    }
+
+    async fn config(&self) -> Value {
+        json!({"spreadsheet_id": self.google.spreadsheet().await, "api_base_url": self.google.base})
+    }
+
+    fn sink(&self, i: &Integration) -> SheetsSink {
+        let config: Config = serde_json::from_value(i.config.clone()).unwrap();
+        SheetsSink::new(
+            config,
+            Credentials::ServiceAccount {
+                key: self.google.key.clone(),
+            },
+        )
+    }
+
+    async fn observe(&self, i: &Integration) -> HashMap<String, (usize, i32)> {
+        let id = Self::spreadsheet_of(i);
+        let mut out: HashMap<String, (usize, i32)> = HashMap::new();
+        for tab in self.google.tabs(&id).await {
+            for row in self.google.values(&id, &format!("'{tab}'!A2:E")).await {
+                let Some(rid) = row
+                    .first()
+                    .and_then(Value::as_str)
+                    .filter(|s| !s.is_empty())
+                else {
+                    continue;
+                };
+                let rev = row
+                    .get(3)
+                    .and_then(|v| v.as_str().and_then(|s| s.parse().ok()))
+                    .unwrap_or(0);
+                let e = out.entry(rid.to_string()).or_insert((0, 0));
+                e.0 += 1;
+                e.1 = e.1.max(rev);
+            }
+        }
+        out
+    }
+
+    async fn slow_down(&self, _i: &Integration, d: Duration) {
+        self.google
+            .faults(json!({"latency_ms": d.as_millis() as u64}))
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sheets_sink_passes_the_conformance_suite() {
+    logs();
+    let target = SheetsTarget {
+        google: Google::start().await,
+    };
+    let failures = run_all(&target).await;
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+fn answer(qid: &str, alias: &str, text: &str) -> Answer {
+    Answer {
+        question_id: qid.into(),
+        alias: Some(alias.into()),
+        question_type: "text".into(),
+        text: Some(text.into()),
+        number: None,
+        boolean: None,
+        date: None,
+        choices: None,
+    }
+}
+
+const Q1: &str = "01900000-0000-7000-8000-0000000000a1";
+const Q2: &str = "01900000-0000-7000-8000-0000000000a2";
+
+fn response(env: &Env, id: &str, revision: i32, answers: Vec<Answer>) -> ResponseEvent {
+    ResponseEvent {
+        answers,
+        ..env.response(id, revision, "")
+    }
+}
+
+async fn rows(g: &Google, spreadsheet: &str, want: usize) -> Vec<Vec<Value>> {
+    let end = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = g.values(spreadsheet, "Responses!A1:Z").await;
+        if v.len() >= want {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "sheet has {} rows, want {want}: {v:?}",
+            v.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_follow_questions_and_edits_land_in_place() {
+    logs();
+    let env = Env::new().await.unwrap();
+    let t = SheetsTarget {
+        google: Google::start().await,
+    };
+    let i = env.integration("sheets", t.config().await).await.unwrap();
+    let sheet = SheetsTarget::spreadsheet_of(&i);
+    let w = env.start(t.sink(&i), "sheets", &i);
+    env.produce_forms(&[env.question(Q1, "Your name", "name", 0, false)])
+        .await
+        .unwrap();
+    let (a, b) = (
+        uuid::Uuid::new_v4().to_string(),
+        uuid::Uuid::new_v4().to_string(),
+    );
+    env.produce(&[response(&env, &a, 1, vec![answer(Q1, "name", "=SUM(A1)")])])
+        .await
+        .unwrap();
+    let v = rows(&t.google, &sheet, 2).await;
+    assert_eq!(
+        v[0],
+        json!([
+            "Response ID",
+            "Submitted at",
+            "Updated at",
+            "Revision",
+            "Status",
+            "Your name"
+        ])
+        .as_array()
+        .unwrap()
+        .clone()
+    );
+    assert_eq!(
+        (
+            v[1][0].as_str(),
+            v[1][3].as_str(),
+            v[1][4].as_str(),
+            v[1][5].as_str()
+        ),
+        (
+            Some(a.as_str()),
+            Some("1"),
+            Some("active"),
+            Some("=SUM(A1)")
+        )
+    );
+
+    // A new question: a column at the right. A relabel: the header cell changes.
+    env.produce_forms(&[
+        env.question(Q2, "City", "city", 1, false),
+        env.question(Q1, "Full name", "name", 0, false),
+    ])
+    .await
+    .unwrap();
+    let long = "x".repeat(60_000);
+    env.produce(&[response(
+        &env,
+        &b,
+        1,
+        vec![answer(Q1, "name", "Bob"), answer(Q2, "city", &long)],
+    )])
+    .await
+    .unwrap();
+    let v = rows(&t.google, &sheet, 3).await;
+    assert_eq!(v[0][5], "Full name");
+    assert_eq!(v[0][6], "City");
+    let city = v[2][6].as_str().unwrap();
+    assert_eq!(city.chars().count(), 50_000);
+    assert!(city.ends_with("…[truncated]"));
+
+    // Edits rewrite the same row; an older revision arriving late changes nothing; a
+    // deletion marks the row.
+    env.produce(&[response(
+        &env,
+        &a,
+        2,
+        vec![answer(Q1, "name", "Ann"), answer(Q2, "city", "Oslo")],
+    )])
+    .await
+    .unwrap();
+    env.produce(&[response(&env, &a, 1, vec![answer(Q1, "name", "stale")])])
+        .await
+        .unwrap();
+    let mut del = response(&env, &b, 2, vec![answer(Q1, "name", "Bob")]);
+    del.op = ResponseOp::Deleted;
+    del.deleted_at = Some(1_700_000_000_000_100);
+    env.produce(&[del]).await.unwrap();
+    let end = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = t.google.values(&sheet, "Responses!A1:Z").await;
+        let done = v.len() == 3 && v[1][5] == "Ann" && v[1][6] == "Oslo" && v[2][4] == "deleted";
+        if done {
+            assert_eq!(v[1][3], "2");
+            assert_eq!(v[2][5], "Bob", "marked, not cleared (the default)");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < end, "{v:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(w.stop().await, WorkerExit::Stopped);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolls_over_near_the_cell_limit_or_pauses_as_configured() {
+    logs();
+    let env = Env::new().await.unwrap();
+    let t = SheetsTarget {
+        google: Google::start().await,
+    };
+    // A margin that leaves room for 60,000 cells: the spreadsheet's Sheet1 and our first
+    // grid (1000 x 26 each) and a little more: growing past row 1000 must roll over.
+    let margin = 10_000_000 - 60_000;
+    let mut config = t.config().await;
+    config["cell_limit_margin"] = json!(margin);
+    let i = env.integration("sheets", config).await.unwrap();
+    let sheet = SheetsTarget::spreadsheet_of(&i);
+    let ids: Vec<String> = (0..1100)
+        .map(|_| uuid::Uuid::new_v4().to_string())
+        .collect();
+    env.produce(
+        &ids.iter()
+            .map(|id| env.response(id, 1, "n"))
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap();
+    let w = env.start(t.sink(&i), "sheets", &i);
+    let seen = wait_observed(&t, &i, Duration::from_secs(90), "all 1100 rows", |s| {
+        ids.iter().all(|id| s.contains_key(id))
+    })
+    .await
+    .unwrap();
+    assert!(seen.values().all(|(n, _)| *n == 1));
+    let tabs = t.google.tabs(&sheet).await;
+    assert_eq!(
+        tabs,
+        vec!["Sheet1", "Responses", "Responses 2"],
+        "rolled over to a second tab"
+    );
+    assert_eq!(
+        t.google.values(&sheet, "'Responses 2'!A1:A1").await[0][0],
+        "Response ID"
+    );
+    assert_eq!(w.stop().await, WorkerExit::Stopped);
+
+    // on_cell_limit = pause: the integration stops with a reason instead.
+    let mut config = t.config().await;
+    config["cell_limit_margin"] = json!(margin);
+    config["on_cell_limit"] = json!("pause");
+    let i = env.integration("sheets", config).await.unwrap();
+    let w = env.start(t.sink(&i), "sheets", &i);
+    let exit = tokio::time::timeout(Duration::from_secs(90), w.handle)
+        .await
+        .unwrap()
+        .unwrap();
+    let WorkerExit::Paused(reason) = exit else {
+        panic!("expected a pause, got {exit:?}")
+    };
+    assert!(reason.contains("cell limit"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storms_of_429_and_5xx_write_every_row_once_and_revoked_credentials_pause() {
+    logs();
+    let mut env = Env::new().await.unwrap();
+    env.settings(|s| s.batch_max_events = 200);
+    let t = SheetsTarget {
+        google: Google::start().await,
+    };
+    let i = env.integration("sheets", t.config().await).await.unwrap();
+    let w = env.start(t.sink(&i), "sheets", &i);
+    let ids: Vec<String> = (0..600).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    t.google
+        .faults(json!({"error_rate": 0.4, "error_status": 503, "fail_after_write_rate": 0.3}))
+        .await;
+    env.produce(
+        &ids[..300]
+            .iter()
+            .map(|id| env.response(id, 1, "storm"))
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    t.google.faults(json!({"throttle_seconds": 3})).await;
+    env.produce(
+        &ids[300..]
+            .iter()
+            .map(|id| env.response(id, 1, "storm"))
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap();
+    let seen = wait_observed(&t, &i, Duration::from_secs(120), "all 600 rows", |s| {
+        ids.iter().all(|id| s.contains_key(id))
+    })
+    .await
+    .unwrap();
+    assert!(
+        seen.values().all(|(n, _)| *n == 1),
+        "a row was written twice"
+    );
+    let l = [i.id.to_string(), "sheets".to_string()];
+    assert!(
+        env.shared
+            .metrics
+            .retries
+            .with_label_values(&[&l[0], &l[1]])
+            .get()
+            > 0,
+        "the storms caused retries"
+    );
+    assert!(
+        env.shared
+            .metrics
+            .throttles
+            .with_label_values(&[&l[0], &l[1]])
+            .get()
+            > 0,
+        "429s were counted"
+    );
+    assert_eq!(w.stop().await, WorkerExit::Stopped);
+
+    // The service account is disabled: the worker pauses with the reason.
+    t.google.faults(json!({})).await;
+    let email = t.google.key["client_email"].as_str().unwrap().to_string();
+    t.google
+        .http
+        .post(format!(
+            "{}/emulator/service-accounts/{email}/disable",
+            t.google.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    let w = env.start(t.sink(&i), "sheets", &i);
+    let exit = tokio::time::timeout(Duration::from_secs(60), w.handle)
+        .await
+        .unwrap()
+        .unwrap();
+    let WorkerExit::Paused(reason) = exit else {
+        panic!("expected a pause, got {exit:?}")
+    };
+    assert!(reason.contains("refused"), "{reason}");
+}
