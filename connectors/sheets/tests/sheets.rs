@@ -255,16 +255,26 @@ fn response(env: &Env, id: &str, revision: i32, answers: Vec<Answer>) -> Respons
     }
 }
 
-async fn rows(g: &Google, spreadsheet: &str, want: usize) -> Vec<Vec<Value>> {
+/// Waits until the sheet has `want` rows and a header that holds `header` from column F
+/// on. Form events and responses travel on two topics, so a response can reach the sink
+/// before the question it answers: its column first shows the alias, then the label once
+/// the form event lands. The header is eventually right, so the test waits for it.
+async fn rows(g: &Google, spreadsheet: &str, want: usize, header: &[&str]) -> Vec<Vec<Value>> {
     let end = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let v = g.values(spreadsheet, "Responses!A1:Z").await;
-        if v.len() >= want {
+        let labels_ok = v.first().is_some_and(|h| {
+            header
+                .iter()
+                .enumerate()
+                .all(|(i, l)| h.get(5 + i).and_then(Value::as_str) == Some(*l))
+        });
+        if v.len() >= want && labels_ok {
             return v;
         }
         assert!(
             tokio::time::Instant::now() < end,
-            "sheet has {} rows, want {want}: {v:?}",
+            "sheet has {} rows, want {want} under {header:?}: {v:?}",
             v.len()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -291,7 +301,7 @@ async fn headers_follow_questions_and_edits_land_in_place() {
     env.produce(&[response(&env, &a, 1, vec![answer(Q1, "name", "=SUM(A1)")])])
         .await
         .unwrap();
-    let v = rows(&t.google, &sheet, 2).await;
+    let v = rows(&t.google, &sheet, 2, &["Your name"]).await;
     assert_eq!(
         v[0],
         json!([
@@ -337,7 +347,7 @@ async fn headers_follow_questions_and_edits_land_in_place() {
     )])
     .await
     .unwrap();
-    let v = rows(&t.google, &sheet, 3).await;
+    let v = rows(&t.google, &sheet, 3, &["Full name", "City"]).await;
     assert_eq!(v[0][5], "Full name");
     assert_eq!(v[0][6], "City");
     let city = v[2][6].as_str().unwrap();

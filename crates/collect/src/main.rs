@@ -32,11 +32,37 @@ enum LogFormat {
     Json,
 }
 
+mod cdc;
+mod connect;
+mod emulate;
+mod kinds;
+
 #[derive(clap::Args)]
-struct Db {
+pub(crate) struct Db {
     /// Postgres URL, e.g. postgres://user@127.0.0.1:5432/collect
     #[arg(long, env = "COLLECT_DATABASE_URL")]
-    database_url: String,
+    pub(crate) database_url: String,
+}
+
+/// Where the events live: the registry, the brokers and the two event topics.
+#[derive(clap::Args)]
+pub(crate) struct Pipeline {
+    /// Schema registry base URL (Confluent API).
+    #[arg(long, env = "COLLECT_REGISTRY_URL")]
+    pub(crate) registry_url: String,
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "COLLECT_KAFKA_BROKERS")]
+    pub(crate) brokers: String,
+    /// Topic of response events.
+    #[arg(
+        long,
+        env = "COLLECT_RESPONSES_TOPIC",
+        default_value = "collect.responses"
+    )]
+    pub(crate) responses_topic: String,
+    /// Topic of form and question events.
+    #[arg(long, env = "COLLECT_FORMS_TOPIC", default_value = "collect.forms")]
+    pub(crate) forms_topic: String,
 }
 
 #[derive(Subcommand)]
@@ -71,7 +97,19 @@ enum Command {
         migrate: bool,
     },
     /// Run the CDC reader: logical replication into Avro events on Kafka.
-    Cdc(Box<CdcArgs>),
+    Cdc(Box<cdc::CdcArgs>),
+    /// Run the connector runtime and the connect API.
+    Connect(Box<connect::ConnectArgs>),
+    /// Manage integrations declaratively.
+    Integrations {
+        #[command(subcommand)]
+        command: connect::IntegrationsCommand,
+    },
+    /// Run an emulator of a third party.
+    Emulate {
+        #[command(subcommand)]
+        command: emulate::EmulateCommand,
+    },
     /// Apply pending database migrations.
     Migrate {
         #[command(flatten)]
@@ -84,77 +122,7 @@ enum Command {
     },
 }
 
-#[derive(clap::Args)]
-struct CdcArgs {
-    #[command(flatten)]
-    db: Db,
-    /// Schema registry base URL (Confluent API).
-    #[arg(long, env = "COLLECT_REGISTRY_URL")]
-    registry_url: String,
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "COLLECT_KAFKA_BROKERS")]
-    brokers: String,
-    /// Replication slot.
-    #[arg(long, env = "COLLECT_CDC_SLOT", default_value = "collect")]
-    slot: String,
-    /// Publication.
-    #[arg(long, env = "COLLECT_CDC_PUBLICATION", default_value = "collect")]
-    publication: String,
-    /// Topic of response events.
-    #[arg(
-        long,
-        env = "COLLECT_RESPONSES_TOPIC",
-        default_value = "collect.responses"
-    )]
-    responses_topic: String,
-    /// Topic of form and question events.
-    #[arg(long, env = "COLLECT_FORMS_TOPIC", default_value = "collect.forms")]
-    forms_topic: String,
-    /// Topic of changes that cannot become events.
-    #[arg(
-        long,
-        env = "COLLECT_CDC_DEAD_LETTER_TOPIC",
-        default_value = "collect.cdc.dlq"
-    )]
-    dead_letter_topic: String,
-    /// Partitions of the topics the reader creates.
-    #[arg(long, env = "COLLECT_TOPIC_PARTITIONS", default_value_t = 12)]
-    partitions: i32,
-    /// Replication factor of the topics the reader creates (-1: broker default).
-    #[arg(long, env = "COLLECT_TOPIC_REPLICATION", default_value_t = -1, allow_negative_numbers = true)]
-    replication_factor: i32,
-    /// Seconds between heartbeats while nothing arrives (0: off).
-    #[arg(long, env = "COLLECT_CDC_HEARTBEAT_SECS", default_value_t = 10)]
-    heartbeat_secs: u64,
-    /// Milliseconds between standby status updates.
-    #[arg(long, default_value_t = 1000)]
-    status_interval_ms: u64,
-    /// Rows per snapshot chunk.
-    #[arg(long, default_value_t = 1000)]
-    snapshot_chunk: i64,
-    /// Seconds librdkafka retries a record before the session restarts.
-    #[arg(long, default_value_t = 300)]
-    message_timeout_secs: u64,
-    /// Most records queued in the producer.
-    #[arg(long, default_value_t = 10_000)]
-    max_queued: usize,
-    /// Compression of produced batches (lz4, zstd, snappy, gzip, none). Tansu spends more
-    /// CPU decompressing than it saves: the dev stack uses none.
-    #[arg(long, env = "COLLECT_KAFKA_COMPRESSION", default_value = "lz4")]
-    compression: String,
-    /// Extra librdkafka setting, KEY=VALUE (repeatable), e.g. security.protocol=SASL_SSL.
-    #[arg(long = "kafka-option", value_parser = parse_key_value)]
-    kafka_options: Vec<(String, String)>,
-    /// Address of /metrics, /status, /healthz and /readyz.
-    #[arg(
-        long,
-        env = "COLLECT_CDC_METRICS_LISTEN",
-        default_value = "127.0.0.1:9464"
-    )]
-    metrics_listen: String,
-}
-
-fn parse_key_value(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_key_value(s: &str) -> Result<(String, String), String> {
     let (k, v) = s
         .split_once('=')
         .ok_or_else(|| format!("'{s}' is not KEY=VALUE"))?;
@@ -189,7 +157,7 @@ fn init_logging(format: LogFormat) {
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -211,7 +179,7 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-async fn store(db: &Db, max_connections: usize) -> Result<Store> {
+pub(crate) async fn store(db: &Db, max_connections: usize) -> Result<Store> {
     let pool = connect_pool(
         &db.database_url,
         &PoolSettings {
@@ -228,52 +196,6 @@ async fn migrate(db: &Db) -> Result<()> {
     let mut client = store.pool().get().await.context("connecting to Postgres")?;
     let applied = collect_store::migrate::run(&mut client).await?;
     tracing::info!(applied = applied.len(), "schema is current");
-    Ok(())
-}
-
-async fn cdc(a: CdcArgs) -> Result<()> {
-    let cfg = collect_cdc::Config {
-        database_url: a.db.database_url,
-        registry_url: a.registry_url,
-        slot: a.slot,
-        publication: a.publication,
-        kafka: collect_cdc::kafka::KafkaSettings {
-            brokers: a.brokers,
-            responses_topic: a.responses_topic,
-            forms_topic: a.forms_topic,
-            dead_letter_topic: a.dead_letter_topic,
-            partitions: a.partitions,
-            replication_factor: a.replication_factor,
-            message_timeout: Duration::from_secs(a.message_timeout_secs),
-            max_queued: a.max_queued,
-            compression: a.compression,
-            extra: a.kafka_options,
-        },
-        heartbeat: (a.heartbeat_secs > 0).then(|| Duration::from_secs(a.heartbeat_secs)),
-        status_interval: Duration::from_millis(a.status_interval_ms.max(10)),
-        snapshot_chunk: a.snapshot_chunk,
-    };
-    cfg.validate()?;
-    let metrics = collect_cdc::metrics::Metrics::new(&cfg.slot);
-    let listener = TcpListener::bind(&a.metrics_listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", a.metrics_listen))?;
-    tracing::info!(addr = %listener.local_addr()?, "cdc metrics listening");
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let mut http_stop = stopped.clone();
-    let http = tokio::spawn(collect_cdc::metrics::serve(
-        listener,
-        metrics.clone(),
-        async move {
-            let _ = http_stop.wait_for(|s| *s).await;
-        },
-    ));
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = stop.send(true);
-    });
-    collect_cdc::run(cfg, metrics, stopped).await?;
-    let _ = http.await;
     Ok(())
 }
 
@@ -325,7 +247,10 @@ async fn run(cli: Cli) -> Result<()> {
             collect_registry::serve(listener, store.pool().clone(), shutdown_signal()).await?;
             Ok(())
         }
-        Command::Cdc(args) => cdc(*args).await,
+        Command::Cdc(args) => cdc::run(*args).await,
+        Command::Connect(args) => connect::run(*args).await,
+        Command::Integrations { command } => connect::integrations(command).await,
+        Command::Emulate { command } => emulate::run(command).await,
         Command::Migrate { db } => migrate(&db).await,
         Command::Org {
             command: OrgCommand::Create { db, name },

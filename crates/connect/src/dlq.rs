@@ -27,6 +27,35 @@ pub struct DeadLetter<'a> {
     pub value: &'a [u8],
 }
 
+/// Creates the dead-letter topic if it does not exist (30 days of retention).
+pub async fn ensure_topic(
+    brokers: &str,
+    topic: &str,
+    extra: &[(String, String)],
+) -> Result<(), String> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::types::RDKafkaErrorCode;
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers);
+    for (k, v) in extra {
+        c.set(k, v);
+    }
+    let admin: AdminClient<DefaultClientContext> = c.create().map_err(|e| e.to_string())?;
+    let t = NewTopic::new(topic, 6, TopicReplication::Fixed(-1)).set("retention.ms", "2592000000");
+    for r in admin
+        .create_topics([&t], &AdminOptions::new())
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => return Err(format!("creating topic {name}: {code}")),
+        }
+    }
+    Ok(())
+}
+
 /// Producer of dead letters (idempotent, acks=all), shared by the workers of a process.
 #[derive(Clone)]
 pub struct DeadLetters {

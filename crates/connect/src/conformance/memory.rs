@@ -28,6 +28,8 @@ pub struct Store {
     pub fatal: Option<String>,
     /// Reject (dead-letter) responses whose name answer equals this.
     pub reject_name: Option<String>,
+    /// The credentials the last sink built on this store was given (decrypted).
+    pub credentials: Option<Value>,
 }
 
 static STORES: Mutex<Option<HashMap<String, Arc<Mutex<Store>>>>> = Mutex::new(None);
@@ -68,17 +70,29 @@ impl Kind for Memory {
     const NAME: &'static str = "memory";
     type Sink = MemorySink;
 
-    async fn prepare(config: Value, _credentials: Option<Value>) -> Result<Prepared, KindError> {
+    async fn prepare(config: Value, credentials: Option<Value>) -> Result<Prepared, KindError> {
         let c: Config = decode("config", config)?;
+        if let Some(cr) = &credentials
+            && !cr.is_object()
+        {
+            return Err(KindError::Refused(
+                "credentials must be a JSON object".into(),
+            ));
+        }
         Ok(Prepared {
             config: encode(&c),
-            credentials: None,
+            credentials,
         })
     }
 
-    fn build(config: &Value, _credentials: Option<&Value>) -> Result<MemorySink, KindError> {
+    fn build(config: &Value, credentials: Option<&Value>) -> Result<MemorySink, KindError> {
         let c: Config = decode("config", config.clone())?;
-        Ok(MemorySink::new(&c.store))
+        let sink = MemorySink::new(&c.store);
+        sink.store
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .credentials = credentials.cloned();
+        Ok(sink)
     }
 }
 

@@ -1,0 +1,112 @@
+//! `collect cdc`.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::net::TcpListener;
+
+use crate::{Db, Pipeline, parse_key_value, shutdown_signal};
+
+/// Options of `collect cdc`.
+#[derive(clap::Args)]
+pub struct CdcArgs {
+    #[command(flatten)]
+    db: Db,
+    #[command(flatten)]
+    pipeline: Pipeline,
+    /// Replication slot.
+    #[arg(long, env = "COLLECT_CDC_SLOT", default_value = "collect")]
+    slot: String,
+    /// Publication.
+    #[arg(long, env = "COLLECT_CDC_PUBLICATION", default_value = "collect")]
+    publication: String,
+    /// Topic of changes that cannot become events.
+    #[arg(
+        long,
+        env = "COLLECT_CDC_DEAD_LETTER_TOPIC",
+        default_value = "collect.cdc.dlq"
+    )]
+    dead_letter_topic: String,
+    /// Partitions of the topics the reader creates.
+    #[arg(long, env = "COLLECT_TOPIC_PARTITIONS", default_value_t = 12)]
+    partitions: i32,
+    /// Replication factor of the topics the reader creates (-1: broker default).
+    #[arg(long, env = "COLLECT_TOPIC_REPLICATION", default_value_t = -1, allow_negative_numbers = true)]
+    replication_factor: i32,
+    /// Seconds between heartbeats while nothing arrives (0: off).
+    #[arg(long, env = "COLLECT_CDC_HEARTBEAT_SECS", default_value_t = 10)]
+    heartbeat_secs: u64,
+    /// Milliseconds between standby status updates.
+    #[arg(long, default_value_t = 1000)]
+    status_interval_ms: u64,
+    /// Rows per snapshot chunk.
+    #[arg(long, default_value_t = 1000)]
+    snapshot_chunk: i64,
+    /// Seconds librdkafka retries a record before the session restarts.
+    #[arg(long, default_value_t = 300)]
+    message_timeout_secs: u64,
+    /// Most records queued in the producer.
+    #[arg(long, default_value_t = 10_000)]
+    max_queued: usize,
+    /// Compression of produced batches (lz4, zstd, snappy, gzip, none). Tansu spends more
+    /// CPU decompressing than it saves: the dev stack uses none.
+    #[arg(long, env = "COLLECT_KAFKA_COMPRESSION", default_value = "lz4")]
+    compression: String,
+    /// Extra librdkafka setting, KEY=VALUE (repeatable), e.g. security.protocol=SASL_SSL.
+    #[arg(long = "kafka-option", value_parser = parse_key_value)]
+    kafka_options: Vec<(String, String)>,
+    /// Address of /metrics, /status, /healthz and /readyz.
+    #[arg(
+        long,
+        env = "COLLECT_CDC_METRICS_LISTEN",
+        default_value = "127.0.0.1:9464"
+    )]
+    metrics_listen: String,
+}
+
+/// Runs the CDC reader until Ctrl-C or SIGTERM.
+pub async fn run(a: CdcArgs) -> Result<()> {
+    let cfg = collect_cdc::Config {
+        database_url: a.db.database_url,
+        registry_url: a.pipeline.registry_url,
+        slot: a.slot,
+        publication: a.publication,
+        kafka: collect_cdc::kafka::KafkaSettings {
+            brokers: a.pipeline.brokers,
+            responses_topic: a.pipeline.responses_topic,
+            forms_topic: a.pipeline.forms_topic,
+            dead_letter_topic: a.dead_letter_topic,
+            partitions: a.partitions,
+            replication_factor: a.replication_factor,
+            message_timeout: Duration::from_secs(a.message_timeout_secs),
+            max_queued: a.max_queued,
+            compression: a.compression,
+            extra: a.kafka_options,
+        },
+        heartbeat: (a.heartbeat_secs > 0).then(|| Duration::from_secs(a.heartbeat_secs)),
+        status_interval: Duration::from_millis(a.status_interval_ms.max(10)),
+        snapshot_chunk: a.snapshot_chunk,
+    };
+    cfg.validate()?;
+    let metrics = collect_cdc::metrics::Metrics::new(&cfg.slot);
+    let listener = TcpListener::bind(&a.metrics_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", a.metrics_listen))?;
+    tracing::info!(addr = %listener.local_addr()?, "cdc metrics listening");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut http_stop = stopped.clone();
+    let http = tokio::spawn(collect_cdc::metrics::serve(
+        listener,
+        metrics.clone(),
+        async move {
+            let _ = http_stop.wait_for(|s| *s).await;
+        },
+    ));
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    collect_cdc::run(cfg, metrics, stopped).await?;
+    let _ = http.await;
+    Ok(())
+}

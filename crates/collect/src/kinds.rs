@@ -1,0 +1,5 @@
+//! The kinds of integration this binary ships: one line each.
+
+collect_connect::kinds!(pub Installed {
+    collect_sheets::Sheets,
+});
