@@ -385,3 +385,102 @@ async fn the_authorization_code_and_refresh_token_flows() {
         json!({"error": "invalid_grant", "error_description": "Token has been expired or revoked."})
     );
 }
+
+/// What `collect emulate sheets --state-file` keeps across restarts: spreadsheets with their
+/// cells and grids, service accounts (their keys still sign in) and issued tokens.
+#[tokio::test]
+async fn state_survives_a_snapshot_and_restore_and_admin_tokens_read_sheets() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let first = Emulator::new(&base);
+    let server = tokio::spawn(axum_serve(listener, router(first.clone())));
+    let http = reqwest::Client::new();
+    let (key, token) = service_account_token(&base, &http, "keeper").await;
+    let email = key["client_email"].as_str().unwrap().to_string();
+    let (_, created) = call(
+        &http,
+        &token,
+        reqwest::Method::POST,
+        format!("{base}/v4/spreadsheets"),
+        Some(json!({})),
+    )
+    .await;
+    let id = created["spreadsheetId"].as_str().unwrap().to_string();
+    let (s, _) = call(
+        &http,
+        &token,
+        reqwest::Method::PUT,
+        format!("{base}/v4/spreadsheets/{id}/values/Sheet1!A1:B2?valueInputOption=RAW"),
+        Some(json!({"values": [["a", 1], ["=B1", true]]})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    // An admin-issued token reads like any other.
+    let admin: Value = http
+        .post(format!("{base}/emulator/access-tokens"))
+        .json(&json!({"email": email, "ttl_seconds": 86_400}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let reader = admin["access_token"].as_str().unwrap().to_string();
+    assert_eq!(admin["expires_in"], 86_400);
+    let bad = http
+        .post(format!("{base}/emulator/access-tokens"))
+        .json(&json!({"email": email, "ttl_seconds": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status().as_u16(), 400);
+
+    let saved = first.snapshot();
+    server.abort();
+    let _ = server.await;
+
+    let listener = tokio::net::TcpListener::bind(base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let second = Emulator::new(&base);
+    second.restore(&saved).unwrap();
+    tokio::spawn(axum_serve(listener, router(second.clone())));
+    let (s, got) = call(
+        &http,
+        &reader,
+        reqwest::Method::GET,
+        format!("{base}/v4/spreadsheets/{id}/values/Sheet1!A1:B2?valueRenderOption=FORMULA"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{got}");
+    assert_eq!(got["values"], json!([["a", 1], ["=B1", true]]));
+    // The service account's key still signs in after the restart.
+    let sa = yup_oauth2::parse_service_account_key(key.to_string()).unwrap();
+    let auth = yup_oauth2::ServiceAccountAuthenticator::builder(sa)
+        .build()
+        .await
+        .unwrap();
+    let fresh = auth
+        .token(&["https://www.googleapis.com/auth/spreadsheets"])
+        .await
+        .unwrap();
+    let (s, _) = call(
+        &http,
+        fresh.token().unwrap(),
+        reqwest::Method::GET,
+        format!("{base}/v4/spreadsheets/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let before = second.snapshot();
+    assert!(
+        second.restore(b"{\"spreadsheets\": 1}").is_err(),
+        "a damaged file is refused"
+    );
+    assert!(
+        second.snapshot() == before,
+        "a refused restore changes nothing"
+    );
+}

@@ -15,7 +15,7 @@
 //! Not emulated: formulas are stored, not computed (they read back as `#NAME?`).
 //!
 //! Admin (`/emulator/...`): create service accounts (returns the JSON key), OAuth clients,
-//! authorization codes, spreadsheets; revoke tokens; set quotas; inject latency, 5xx,
+//! authorization codes, spreadsheets, access tokens; revoke tokens; set quotas; inject latency, 5xx,
 //! 429 storms and failures after a write is applied; read statistics and the request log.
 
 pub mod a1;
@@ -173,6 +173,36 @@ impl Emulator {
         json
     }
 
+    /// The spreadsheets, OAuth state (accounts, clients, refresh and access tokens) and
+    /// quotas as JSON, for [`Emulator::restore`]. Faults, statistics and the request log are
+    /// not kept.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let inner = self.lock();
+        serde_json::to_vec(&serde_json::json!({
+            "spreadsheets": inner.spreadsheets,
+            "oauth": inner.oauth,
+            "quotas": inner.quotas,
+        }))
+        .unwrap_or_default()
+    }
+
+    /// Replaces the state with a [`Emulator::snapshot`].
+    pub fn restore(&self, snapshot: &[u8]) -> Result<(), String> {
+        #[derive(Deserialize)]
+        struct Saved {
+            spreadsheets: HashMap<String, Spreadsheet>,
+            oauth: OAuth,
+            quotas: Quotas,
+        }
+        let saved: Saved =
+            serde_json::from_slice(snapshot).map_err(|e| format!("emulator state: {e}"))?;
+        let mut inner = self.lock();
+        inner.spreadsheets = saved.spreadsheets;
+        inner.oauth = saved.oauth;
+        inner.quotas = saved.quotas;
+        Ok(())
+    }
+
     /// Creates a service account with a key (admin); returns the JSON key file.
     pub fn create_service_account(&self, name: &str, project: &str) -> Result<Value, String> {
         let uri = self.token_uri();
@@ -279,6 +309,7 @@ pub fn router(emulator: Emulator) -> Router {
         .route("/emulator/quotas", put(admin_quotas))
         .route("/emulator/stats", get(admin_stats))
         .route("/emulator/requests", get(admin_requests))
+        .route("/emulator/access-tokens", post(admin_access_token))
         .route(
             "/healthz",
             get(|| async { axum::Json(json!({"status": "ok"})) }),
@@ -732,6 +763,38 @@ async fn admin_quotas(State(e): State<Emulator>, axum::Json(q): axum::Json<Quota
 
 async fn admin_stats(State(e): State<Emulator>) -> Response {
     axum::Json(json!(e.lock().stats)).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewAccessToken {
+    email: String,
+    #[serde(default)]
+    project: Option<String>,
+    #[serde(default)]
+    ttl_seconds: Option<u64>,
+}
+
+async fn admin_access_token(
+    State(e): State<Emulator>,
+    axum::Json(b): axum::Json<NewAccessToken>,
+) -> Response {
+    let ttl = b.ttl_seconds.unwrap_or(oauth::TOKEN_LIFETIME.as_secs());
+    if b.email.trim().is_empty() || ttl == 0 || ttl > 366 * 86_400 {
+        return bad("email must be set and ttl_seconds between 1 and 31622400");
+    }
+    let token = e.lock().oauth.mint_for(
+        Principal {
+            email: b.email,
+            project: b.project.unwrap_or_else(|| "collect-dev".into()),
+        },
+        Duration::from_secs(ttl),
+    );
+    (
+        StatusCode::CREATED,
+        axum::Json(json!({"access_token": token, "expires_in": ttl, "token_type": "Bearer"})),
+    )
+        .into_response()
 }
 
 async fn admin_requests(State(e): State<Emulator>) -> Response {

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::a1::{self, A1, column_letters, quote_sheet};
@@ -44,7 +45,7 @@ impl GoogleError {
 type Result<T> = std::result::Result<T, GoogleError>;
 
 /// A cell's content.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Cell {
     /// Text.
     Text(String),
@@ -84,7 +85,7 @@ impl Cell {
 }
 
 /// One sheet (tab).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Sheet {
     /// Stable id.
     pub sheet_id: i64,
@@ -95,6 +96,7 @@ pub struct Sheet {
     /// Columns in the grid.
     pub cols: u32,
     /// Cells with content, by (row, column).
+    #[serde(with = "cells")]
     pub cells: BTreeMap<(u32, u32), Cell>,
 }
 
@@ -111,7 +113,7 @@ impl Sheet {
 }
 
 /// A spreadsheet.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Spreadsheet {
     /// Id.
     pub id: String,
@@ -122,6 +124,29 @@ pub struct Spreadsheet {
     /// Principals allowed in (`None`: anyone with a valid token).
     pub shared_with: Option<Vec<String>>,
     next_sheet_id: i64,
+}
+
+/// Cells as a list of `[row, column, cell]` (JSON object keys cannot be pairs).
+mod cells {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::Cell;
+
+    pub fn serialize<S: Serializer>(
+        cells: &BTreeMap<(u32, u32), Cell>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(cells.iter().map(|((r, c), v)| (r, c, v)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<(u32, u32), Cell>, D::Error> {
+        let list: Vec<(u32, u32, Cell)> = Vec::deserialize(d)?;
+        Ok(list.into_iter().map(|(r, c, v)| ((r, c), v)).collect())
+    }
 }
 
 /// Where a range's writes go, after bounds checks.

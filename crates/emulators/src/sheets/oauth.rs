@@ -11,6 +11,7 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use rand::Rng;
 use rand::distr::Alphanumeric;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 /// Scopes that grant Sheets access.
@@ -49,7 +50,7 @@ impl OAuthError {
 }
 
 /// Who an access token speaks for.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Principal {
     /// E-mail of the user or service account.
     pub email: String,
@@ -57,23 +58,27 @@ pub struct Principal {
     pub project: String,
 }
 
+#[derive(Serialize, Deserialize)]
 struct ServiceAccount {
     public_key: Vec<u8>,
     project: String,
     disabled: bool,
 }
 
+#[derive(Serialize, Deserialize)]
 struct Client {
     secret: String,
     project: String,
 }
 
+#[derive(Serialize, Deserialize)]
 struct RefreshToken {
     client_id: String,
     user: String,
     revoked: bool,
 }
 
+#[derive(Serialize, Deserialize)]
 struct Code {
     client_id: String,
     user: String,
@@ -82,7 +87,7 @@ struct Code {
 }
 
 /// OAuth state of the emulator.
-#[derive(Default)]
+#[derive(Default, Serialize, Deserialize)]
 pub struct OAuth {
     accounts: HashMap<String, ServiceAccount>,
     clients: HashMap<String, Client>,
@@ -226,7 +231,18 @@ impl OAuth {
         n
     }
 
+    /// Issues an access token for `principal` valid for `lifetime` (admin: a token to read
+    /// sheets with by hand, as the OAuth playground would give).
+    pub fn mint_for(&mut self, principal: Principal, lifetime: Duration) -> String {
+        let token = format!("ya29.{}", random(120));
+        self.tokens
+            .insert(token.clone(), (principal, SystemTime::now() + lifetime));
+        token
+    }
+
     fn mint(&mut self, principal: Principal) -> (String, u64) {
+        let now = SystemTime::now();
+        self.tokens.retain(|_, (_, expires)| *expires > now);
         let token = format!("ya29.{}", random(120));
         self.tokens.insert(
             token.clone(),

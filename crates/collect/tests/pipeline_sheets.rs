@@ -1,0 +1,358 @@
+//! The whole pipeline with real processes: responses submitted through the forms API reach a
+//! Google Sheet (the emulator, over HTTP) through `collect cdc` and `collect connect`, one row
+//! per response, while the connector is killed with SIGKILL and the emulator answers storms
+//! of 5xx and 429, applies writes and then fails them, and the form's questions change.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use common::{Env, Proc, env, metric, reader};
+use serde_json::{Value, json};
+
+const SECRET: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+struct Google {
+    base: String,
+    http: reqwest::Client,
+    emulator: collect_emulators::sheets::Emulator,
+}
+
+impl Google {
+    async fn start() -> Self {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", l.local_addr().unwrap());
+        let emulator = collect_emulators::sheets::Emulator::new(&base);
+        tokio::spawn(collect_emulators::sheets::serve(
+            l,
+            emulator.clone(),
+            std::future::pending(),
+        ));
+        Self {
+            base,
+            http: reqwest::Client::new(),
+            emulator,
+        }
+    }
+
+    async fn admin(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+        let r = self
+            .http
+            .request(method, format!("{}/emulator/{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        r.json().await.unwrap()
+    }
+
+    /// Waits until the emulator's statistic `name` reaches `at_least` (60 s at most).
+    async fn wait_stat(&self, name: &str, at_least: u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let stats = self.admin(reqwest::Method::GET, "stats", Value::Null).await;
+            if stats[name].as_u64().unwrap_or(0) >= at_least {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} never reached {at_least}: {stats}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn faults(&self, f: Value) {
+        self.admin(reqwest::Method::PUT, "faults", f).await;
+    }
+
+    /// The sheet's cells, read with a plain `values.get` and a token the emulator issued.
+    async fn values(&self, token: &str, spreadsheet: &str) -> Vec<Vec<Value>> {
+        let r: Value = self
+            .http
+            .get(format!(
+                "{}/v4/spreadsheets/{spreadsheet}/values/Responses!A1:Z",
+                self.base
+            ))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        serde_json::from_value(r["values"].clone()).unwrap_or_default()
+    }
+}
+
+fn connector(e: &Env, brokers: &str) -> Proc {
+    let mut vars = e.process_env(brokers);
+    vars.push(("COLLECT_SECRET_KEY".into(), SECRET.into()));
+    Proc::start(
+        &["connect", "--poll-ms", "300", "--batch-max-wait-ms", "200"],
+        &vars,
+        "COLLECT_CONNECT_LISTEN",
+    )
+}
+
+/// Submits `n` responses named `{prefix}{i}`, one every `gap`.
+fn load(e: &Env, prefix: &str, n: usize, gap: Duration) -> tokio::task::JoinHandle<Vec<String>> {
+    let (api, key, form, prefix) = (
+        e.api.clone(),
+        e.key.clone(),
+        e.form_id().to_string(),
+        prefix.to_string(),
+    );
+    tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        let mut ids = Vec::new();
+        for i in 0..n {
+            let r: Value = http
+                .post(format!("{api}/v1/forms/{form}/responses"))
+                .bearer_auth(&key)
+                .json(&json!({"answers": {"name": format!("{prefix}{i}")}}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            ids.push(r["id"].as_str().unwrap().to_string());
+            tokio::time::sleep(gap).await;
+        }
+        ids
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_response_is_one_row_through_kill_9_storms_and_question_changes() {
+    let e = env(json!({"title": "Sign-up", "questions": [
+        {"label": "Name", "type": "text", "alias": "name", "required": true}
+    ]}))
+    .await;
+    let name_q = e.form["questions"][0]["id"].as_str().unwrap().to_string();
+    let broker = collect_testkit::shared_broker().await.unwrap();
+    let brokers = broker.bootstrap();
+    let google = Google::start().await;
+    // Google's quotas, doubled to keep the test short; the connector is told the same.
+    google
+        .admin(
+            reqwest::Method::PUT,
+            "quotas",
+            json!({"read_per_minute_user": 600, "read_per_minute_project": 600,
+                   "write_per_minute_user": 120, "write_per_minute_project": 600}),
+        )
+        .await;
+    let key = google
+        .admin(
+            reqwest::Method::POST,
+            "service-accounts",
+            json!({"name": "collect-pipeline", "project": "forms-prod"}),
+        )
+        .await;
+    let sa_email = key["client_email"].as_str().unwrap().to_string();
+    let sheet = google
+        .admin(
+            reqwest::Method::POST,
+            "spreadsheets",
+            json!({"title": "Sign-ups", "shared_with": [sa_email]}),
+        )
+        .await;
+    let spreadsheet = sheet["spreadsheetId"].as_str().unwrap().to_string();
+    let token = google
+        .admin(
+            reqwest::Method::POST,
+            "access-tokens",
+            json!({"email": sa_email, "project": "forms-prod"}),
+        )
+        .await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let cdc = reader(&e, &brokers);
+    cdc.wait("/status", |v| v["state"] == "streaming").await;
+    let mut connect = connector(&e, &brokers);
+    connect.wait("/readyz", |_| true).await;
+    let created: Value = e
+        .http
+        .post(format!("{}/v1/integrations", connect.url()))
+        .bearer_auth(&e.key)
+        .json(&json!({
+            "kind": "sheets", "form_id": e.form_id(), "name": "sign-up sheet",
+            "config": {"spreadsheet_id": spreadsheet, "api_base_url": google.base,
+                       "quotas": {"write_requests_per_minute_per_user": 120,
+                                  "write_requests_per_minute_per_project": 600}},
+            "credentials": {"type": "service_account", "key": key}
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let integration = created["id"]
+        .as_str()
+        .expect("integration created")
+        .to_string();
+
+    // Phase 1: load, with the connector killed (SIGKILL) twice while it writes.
+    let first = load(&e, "a", 150, Duration::from_millis(10));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    connect.kill9();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    connect = connector(&e, &brokers);
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    connect.kill9();
+    connect = connector(&e, &brokers);
+    let mut ids: Vec<String> = first.await.unwrap();
+
+    // Phase 2: 5xx storms, including writes applied and then answered 500. The storm lasts
+    // until the connector has run into it several times.
+    google
+        .faults(json!({"error_rate": 0.4, "error_status": 503, "fail_after_write_rate": 0.4}))
+        .await;
+    let storm = load(&e, "b", 100, Duration::from_millis(10));
+    google.wait_stat("injected_errors", 3).await;
+    ids.extend(storm.await.unwrap());
+    // Phase 3: a 429 storm, over once the connector has been refused a few times.
+    google.faults(json!({"throttle_seconds": 120})).await;
+    let storm = load(&e, "c", 50, Duration::from_millis(10));
+    google.wait_stat("throttled", 3).await;
+    ids.extend(storm.await.unwrap());
+    google.faults(json!({})).await;
+
+    // Phase 4: the form changes: a relabel and a new question; edits and a deletion.
+    let (s, _) = e
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/v1/forms/{}/questions/{name_q}", e.form_id()),
+            Some(json!({"label": "Full name"})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, _) = e
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/forms/{}/questions", e.form_id()),
+            Some(json!({"label": "City", "type": "text", "alias": "city"})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let mut edited = BTreeMap::new();
+    for (i, id) in ids.iter().step_by(25).enumerate() {
+        let (s, body) = e
+            .call(
+                reqwest::Method::PATCH,
+                &format!("/v1/forms/{}/responses/{id}", e.form_id()),
+                Some(json!({"answers": {"name": format!("edited{i}"), "city": "Oslo"}})),
+            )
+            .await;
+        assert_eq!(s, 200, "{body}");
+        edited.insert(id.clone(), format!("edited{i}"));
+        if i == 3 {
+            connect.kill9();
+            connect = connector(&e, &brokers);
+        }
+    }
+    let deleted = ids[7].clone();
+    let (s, _) = e
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/v1/forms/{}/responses/{deleted}", e.form_id()),
+            None,
+        )
+        .await;
+    assert_eq!(s, 204);
+    for i in 0..20 {
+        ids.push(
+            e.submit(json!({"name": format!("d{i}"), "city": "Bergen"}))
+                .await,
+        );
+    }
+
+    // Every response has exactly one row, with its latest state, under the latest header.
+    let want: BTreeSet<String> = ids.iter().cloned().collect();
+    assert_eq!(want.len(), 320);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
+    let rows = loop {
+        let v = google.values(&token, &spreadsheet).await;
+        let header_ok = v.first().is_some_and(|h| {
+            h.get(5).and_then(Value::as_str) == Some("Full name")
+                && h.get(6).and_then(Value::as_str) == Some("City")
+        });
+        let by_id: BTreeMap<&str, &Vec<Value>> = v
+            .iter()
+            .skip(1)
+            .filter_map(|r| Some((r.first()?.as_str()?, r)))
+            .collect();
+        let settled = header_ok
+            && want.iter().all(|id| by_id.contains_key(id.as_str()))
+            && edited.iter().all(|(id, name)| {
+                by_id[id.as_str()].get(5).and_then(Value::as_str) == Some(name.as_str())
+            })
+            && by_id[deleted.as_str()].get(4).and_then(Value::as_str) == Some("deleted");
+        if settled {
+            break v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sheet never settled: header {:?}, {} of {} responses present",
+            v.first(),
+            want.iter()
+                .filter(|id| by_id.contains_key(id.as_str()))
+                .count(),
+            want.len()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let data: Vec<&Vec<Value>> = rows.iter().skip(1).filter(|r| !r.is_empty()).collect();
+    assert_eq!(
+        data.len(),
+        want.len(),
+        "one row per response, no duplicates"
+    );
+    let distinct: BTreeSet<&str> = data.iter().filter_map(|r| r[0].as_str()).collect();
+    assert_eq!(distinct.len(), want.len());
+    for r in &data {
+        let id = r[0].as_str().unwrap();
+        if let Some(name) = edited.get(id) {
+            assert_eq!(r[3], "2", "an edit is revision 2: {r:?}");
+            assert_eq!(
+                (r[5].as_str(), r[6].as_str()),
+                (Some(name.as_str()), Some("Oslo"))
+            );
+        }
+    }
+    let last = data.iter().find(|r| r[5] == "d19").unwrap();
+    assert_eq!(last[6], "Bergen");
+
+    // The emulator saw the storms and the connector counted them.
+    let text = connect.metrics().await;
+    assert!(
+        metric(&text, "collect_connect_written_total") > 0.0,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "collect_connect_requests_total") > 0.0,
+        "{text}"
+    );
+    let shown: Value = e
+        .http
+        .get(format!("{}/v1/integrations/{integration}", connect.url()))
+        .bearer_auth(&e.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["status"], "active", "{shown}");
+    drop(google.emulator);
+    connect.kill9();
+    cdc.kill9();
+}
