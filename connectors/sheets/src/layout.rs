@@ -80,9 +80,15 @@ pub fn answer_cell(a: &Answer) -> Value {
             .filter(char::is_ascii_digit)
             .collect();
         if mantissa.trim_start_matches('0').len() <= 15
-            && let Some(x) = n.parse::<f64>().ok().and_then(serde_json::Number::from_f64)
+            && let Ok(x) = n.parse::<f64>()
         {
-            return Value::Number(x);
+            // Whole numbers as integers (`2`, not `2.0`), as a person would type them.
+            if x.fract() == 0.0 && x.abs() < 1e15 {
+                return Value::from(x as i64);
+            }
+            if let Some(x) = serde_json::Number::from_f64(x) {
+                return Value::Number(x);
+            }
         }
         return Value::String(n.clone());
     }
@@ -160,6 +166,13 @@ mod tests {
                 ..answer()
             }),
             serde_json::json!(42.5)
+        );
+        assert_eq!(
+            answer_cell(&Answer {
+                number: Some("2.0".into()),
+                ..answer()
+            }),
+            serde_json::json!(2)
         );
         assert_eq!(
             answer_cell(&Answer {

@@ -72,7 +72,7 @@ impl Cell {
     fn render(&self, how: Render) -> Value {
         match (self, how) {
             (Cell::Text(s), _) => Value::String(s.clone()),
-            (Cell::Number(n), Render::Formatted) => Value::String(n.to_string()),
+            (Cell::Number(n), Render::Formatted) => Value::String(general_format(n)),
             (Cell::Number(n), _) => Value::Number(n.clone()),
             (Cell::Bool(b), Render::Formatted) => {
                 Value::String(if *b { "TRUE" } else { "FALSE" }.into())
@@ -81,6 +81,15 @@ impl Cell {
             (Cell::Formula(f), Render::Formula) => Value::String(f.clone()),
             (Cell::Formula(_), _) => Value::String("#NAME?".into()),
         }
+    }
+}
+
+/// A number as the "General" format shows it: whole numbers without a decimal point.
+fn general_format(n: &serde_json::Number) -> String {
+    match n.as_f64() {
+        Some(x) if n.is_f64() && x.fract() == 0.0 && x.abs() < 1e15 => format!("{x:.0}"),
+        // Exponents as the sheet writes them: 1E+20.
+        _ => n.to_string().to_uppercase(),
     }
 }
 
@@ -590,6 +599,19 @@ mod tests {
 
     fn sheet() -> Spreadsheet {
         Spreadsheet::new("s1".into(), "T".into(), &[("Responses".into(), 3, 3)], None)
+    }
+
+    #[test]
+    fn numbers_show_as_the_general_format_does() {
+        let show = |v: Value| {
+            let Value::Number(n) = v else { panic!() };
+            general_format(&n)
+        };
+        assert_eq!(show(json!(2.0)), "2");
+        assert_eq!(show(json!(2)), "2");
+        assert_eq!(show(json!(-40.0)), "-40");
+        assert_eq!(show(json!(2.5)), "2.5");
+        assert_eq!(show(json!(1e20)), "1E+20");
     }
 
     #[test]

@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""Through the dev stack: responses submitted to the demo form over the forms API reach the
+demo's Google Sheet (the emulator), one row each, read back with a plain Sheets v4
+values.get and the access token that .collect/stack.json names; an edit lands in place.
+
+usage: stack_sheets_check.py .collect/stack.json [count]
+"""
+
+import json
+import sys
+import time
+import urllib.request
+
+
+def request(url, token, method="GET", body=None):
+    req = urllib.request.Request(
+        url,
+        method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": "Bearer " + token, "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read() or b"null")
+
+
+def main():
+    stack = json.load(open(sys.argv[1]))
+    count = int(sys.argv[2]) if len(sys.argv) > 2 else 20
+    demo = stack["demo"]
+    form = f'{stack["api_url"]}/v1/forms/{demo["form_id"]}/responses'
+    ids = []
+    for i in range(count):
+        r = request(form, stack["api_key"], "POST",
+                    {"answers": {"name": f"sheet check {i}", "guests": i % 4, "meal": "fish"}})
+        ids.append(r["id"])
+    request(f"{form}/{ids[0]}", stack["api_key"], "PATCH", {"answers": {"name": "edited in place"}})
+
+    deadline = time.monotonic() + 120
+    while True:
+        rows = request(demo["values_get"], demo["access_token"]).get("values", [])
+        by_id = {}
+        for row in rows[1:]:
+            if row:
+                by_id.setdefault(row[0], []).append(row)
+        present = [i for i in ids if i in by_id]
+        edited = ids[0] in by_id and by_id[ids[0]][0][5] == "edited in place"
+        if len(present) == len(ids) and edited:
+            break
+        if time.monotonic() > deadline:
+            sys.exit(f"after 120 s the sheet has {len(present)} of {len(ids)} responses "
+                     f"(edit applied: {edited})")
+        time.sleep(0.5)
+    dupes = {k: len(v) for k, v in by_id.items() if len(v) > 1}
+    if dupes:
+        sys.exit(f"responses with more than one row: {dupes}")
+    if rows[0][:6] != ["Response ID", "Submitted at", "Updated at", "Revision", "Status", "Name"]:
+        sys.exit(f"unexpected header: {rows[0]}")
+    if by_id[ids[0]][0][3] != "2":
+        sys.exit(f"the edit is not revision 2: {by_id[ids[0]][0]}")
+    print(f"stack sheets check: {len(ids)} responses, one row each, edit in place "
+          f"({len(rows) - 1} rows in the sheet)")
+
+
+if __name__ == "__main__":
+    main()
