@@ -4,7 +4,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use collect_connect::limits::Rate;
-use collect_connect::{BatchOutcome, Delivery, Sink, SinkContext, SinkError, SinkEvent};
+use collect_connect::{
+    BatchLimits, BatchOutcome, Delivery, Sink, SinkContext, SinkError, SinkEvent,
+};
 use collect_events::ResponseEvent;
 use google_sheets4::api::{
     AddSheetRequest, AppendDimensionRequest, GridProperties, Request, SheetProperties, ValueRange,
@@ -196,8 +198,27 @@ impl Sink for SheetsSink {
     async fn start(&mut self, ctx: &SinkContext) -> Result<(), SinkError> {
         let state = State::new(ctx.db.clone(), ctx.integration_id);
         self.auth = Some(Auth::new(&self.credentials, self.http.clone()).await?);
-        // The spreadsheet: the one already in use, the configured one, or a new one.
+        // The spreadsheet: the configured one, else the one already in use, else a new one.
+        // A configured spreadsheet other than the one in use is a new target: its layout
+        // starts afresh (a replay backfills it).
         let id = match state.spreadsheet().await? {
+            Some(used)
+                if self
+                    .config
+                    .spreadsheet_id
+                    .as_ref()
+                    .is_some_and(|c| *c != used) =>
+            {
+                let configured = self.config.spreadsheet_id.clone().unwrap_or_default();
+                tracing::warn!(
+                    integration = %ctx.integration_id,
+                    from = used,
+                    to = configured,
+                    "the integration points at another spreadsheet; starting its layout afresh"
+                );
+                state.retarget(&configured).await?;
+                configured
+            }
             Some(id) => id,
             None => {
                 let id = match &self.config.spreadsheet_id {
@@ -460,6 +481,15 @@ impl Sink for SheetsSink {
         ctx.metrics.written(revisions.len() as u64);
         self.state()?.written(&revisions).await?;
         Ok(outcome)
+    }
+
+    /// Google counts write requests, not rows: under a backlog, batches of up to 5,000
+    /// responses become requests of thousands of rows (split at `max_request_bytes`).
+    fn batch_limits(&self) -> Option<BatchLimits> {
+        Some(BatchLimits {
+            events: 5_000,
+            bytes: 16 * 1024 * 1024,
+        })
     }
 }
 

@@ -82,6 +82,28 @@ impl State {
         Ok(())
     }
 
+    /// Points the integration at another spreadsheet: forgets the rows, tabs and columns of
+    /// the previous one (they describe a sheet no longer written to), in one transaction.
+    pub async fn retarget(&self, id: &str) -> Result<(), SinkError> {
+        let mut c = self.pool.get().await.map_err(db)?;
+        let tx = c.transaction().await.map_err(db)?;
+        for table in ["sheets_rows", "sheets_tabs", "sheets_columns"] {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE integration_id = $1"),
+                &[&self.id],
+            )
+            .await
+            .map_err(db)?;
+        }
+        tx.execute(
+            "UPDATE sheets_state SET spreadsheet_id = $2, updated_at = now() WHERE integration_id = $1",
+            &[&self.id, &id],
+        )
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)
+    }
+
     /// Tabs in order, and question columns.
     pub async fn load(&self) -> Result<(Vec<Tab>, HashMap<Uuid, Column>), SinkError> {
         let c = self.pool.get().await.map_err(db)?;

@@ -529,3 +529,57 @@ async fn storms_of_429_and_5xx_write_every_row_once_and_revoked_credentials_paus
     };
     assert!(reason.contains("refused"), "{reason}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pointing_at_another_spreadsheet_starts_a_fresh_layout_there() {
+    logs();
+    let env = Env::new().await.unwrap();
+    let t = SheetsTarget {
+        google: Google::start().await,
+    };
+    let i = env.integration("sheets", t.config().await).await.unwrap();
+    let first = SheetsTarget::spreadsheet_of(&i);
+    let w = env.start(t.sink(&i), "sheets", &i);
+    env.produce_forms(&[env.question(Q1, "Your name", "name", 0, false)])
+        .await
+        .unwrap();
+    let old: Vec<String> = (0..3).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    env.produce(
+        &old.iter()
+            .map(|id| response(&env, id, 1, vec![answer(Q1, "name", "old")]))
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(rows(&t.google, &first, 4, &["Your name"]).await.len(), 4);
+    assert_eq!(w.stop().await, WorkerExit::Stopped);
+
+    // Ops point the integration at a new spreadsheet.
+    let second = t.google.spreadsheet().await;
+    let mut moved = i.clone();
+    moved.config["spreadsheet_id"] = json!(second);
+    let w = env.start(t.sink(&moved), "sheets", &moved);
+    let new: Vec<String> = (0..2).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    env.produce(
+        &new.iter()
+            .map(|id| response(&env, id, 1, vec![answer(Q1, "name", "new")]))
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap();
+    let v = rows(&t.google, &second, 3, &[]).await;
+    assert_eq!(
+        v.len(),
+        3,
+        "a header and the two new rows, from the top: {v:?}"
+    );
+    assert_eq!(v[0][0], "Response ID");
+    let ids: Vec<&str> = v[1..].iter().map(|r| r[0].as_str().unwrap()).collect();
+    assert_eq!(ids, new.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(
+        t.google.values(&first, "Responses!A1:Z").await.len(),
+        4,
+        "the first spreadsheet is left as it was"
+    );
+    assert_eq!(w.stop().await, WorkerExit::Stopped);
+}

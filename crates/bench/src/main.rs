@@ -4,6 +4,7 @@
 
 mod api;
 mod cdc;
+mod sheets;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -21,6 +22,8 @@ enum Command {
     Api(api::Args),
     /// Postgres-to-Kafka throughput, commit-to-ack latency and memory of `collect cdc`.
     Cdc(cdc::Args),
+    /// Rows per second and rows per request of the Google Sheets connector (emulator).
+    Sheets(sheets::Args),
 }
 
 #[tokio::main]
@@ -28,5 +31,6 @@ async fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Api(args) => api::run(args).await,
         Command::Cdc(args) => cdc::run(args).await,
+        Command::Sheets(args) => sheets::run(args).await,
     }
 }

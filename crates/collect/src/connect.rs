@@ -49,9 +49,13 @@ pub struct ConnectArgs {
     /// Milliseconds between reconciliations with the integrations table.
     #[arg(long, default_value_t = 2000)]
     poll_ms: u64,
-    /// Most events per batch.
+    /// Most events per batch, for kinds without a preference of their own.
     #[arg(long, default_value_t = 1000)]
     batch_max_events: usize,
+    /// The most events any kind's batch may hold (Sheets asks for 5,000): bounds the memory
+    /// of each integration's worker.
+    #[arg(long, default_value_t = 10_000)]
+    batch_ceiling_events: usize,
     /// Longest wait for a batch to fill, in milliseconds.
     #[arg(long, default_value_t = 500)]
     batch_max_wait_ms: u64,
@@ -225,6 +229,7 @@ pub async fn run(a: ConnectArgs) -> Result<()> {
         &a.pipeline.forms_topic,
     );
     settings.batch_max_events = a.batch_max_events.max(1);
+    settings.batch_ceiling_events = a.batch_ceiling_events.max(1);
     settings.batch_max_wait = Duration::from_millis(a.batch_max_wait_ms);
     settings.consumer_options = a.kafka_options.clone();
     let metrics = Metrics::new();

@@ -50,6 +50,9 @@ impl From<StoreError> for ApiErr {
         ApiErr(match e {
             StoreError::NotFound(what) => ApiError::not_found(what),
             StoreError::Invalid(errors) => invalid(errors),
+            StoreError::Conflict { code, message } => {
+                ApiError::new(StatusCode::CONFLICT, code, message)
+            }
             other => {
                 tracing::error!(error = %other, "connect API store error");
                 ApiError::new(

@@ -23,7 +23,7 @@ pub mod worker;
 pub use futures::future::BoxFuture;
 pub use kind::{Kind, KindError, Kinds, Prepared};
 pub use serde_json;
-pub use sink::{BatchOutcome, Delivery, Sink, SinkContext, SinkError, SinkEvent};
+pub use sink::{BatchLimits, BatchOutcome, Delivery, Sink, SinkContext, SinkError, SinkEvent};
 
 #[cfg(feature = "conformance")]
 pub mod conformance;

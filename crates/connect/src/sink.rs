@@ -121,4 +121,20 @@ pub trait Sink: Send + 'static {
         batch: &[Delivery],
         ctx: &SinkContext,
     ) -> impl Future<Output = Result<BatchOutcome, SinkError>> + Send;
+
+    /// The largest batch this sink wants, in events and in bytes of encoded events, when the
+    /// third party rewards big requests (a quota counted in requests). `None`: the runtime's
+    /// settings (`--batch-max-events`, 2 MiB). Memory held per worker grows with it.
+    fn batch_limits(&self) -> Option<BatchLimits> {
+        None
+    }
+}
+
+/// See [`Sink::batch_limits`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    /// Most events in a batch.
+    pub events: usize,
+    /// Most bytes of encoded events in a batch.
+    pub bytes: usize,
 }

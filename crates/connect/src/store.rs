@@ -17,6 +17,14 @@ pub enum StoreError {
     /// The input does not fit.
     #[error("invalid: {}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
     Invalid(Vec<FieldError>),
+    /// The request conflicts with what is stored.
+    #[error("{message}")]
+    Conflict {
+        /// Stable, machine-readable reason.
+        code: &'static str,
+        /// Human-readable explanation.
+        message: String,
+    },
     /// Postgres failed.
     #[error("database: {0}")]
     Db(#[from] tokio_postgres::Error),
@@ -123,16 +131,30 @@ impl IntegrationStore {
         if !owned {
             return Err(StoreError::NotFound("form"));
         }
-        let existing: Option<Uuid> = match n.name {
+        let existing: Option<(Uuid, Uuid, String)> = match n.name {
             Some(name) => tx
                 .query_opt(
-                    "SELECT id FROM integrations WHERE org_id = $1 AND name = $2 AND status <> 'deleted' FOR UPDATE",
+                    "SELECT id, form_id, kind FROM integrations WHERE org_id = $1 AND name = $2 AND status <> 'deleted' FOR UPDATE",
                     &[&n.org_id, &name],
                 )
                 .await?
-                .map(|r| r.get(0)),
+                .map(|r| (r.get(0), r.get(1), r.get(2))),
             None => None,
         };
+        // An integration's offsets and its sink's state belong to one form and one kind:
+        // moving it would mix two forms in one destination.
+        if let Some((_, form, kind)) = &existing
+            && (*form != n.form_id || kind != n.kind)
+        {
+            return Err(StoreError::Conflict {
+                code: "integration_exists",
+                message: format!(
+                    "integration '{}' is a {kind} integration of form {form}; its form and kind cannot change (delete it, or use another name)",
+                    n.name.unwrap_or_default()
+                ),
+            });
+        }
+        let existing = existing.map(|(id, _, _)| id);
         let row = match existing {
             Some(id) => {
                 tx.query_one(
@@ -193,6 +215,21 @@ impl IntegrationStore {
             )
             .await?;
         Ok(rows.iter().map(integration).collect())
+    }
+
+    /// Id, kind and status of every integration not deleted (for the state metric).
+    pub async fn statuses(&self) -> Result<Vec<(Uuid, String, String)>, StoreError> {
+        let c = self.pool.get().await?;
+        let rows = c
+            .query(
+                "SELECT id, kind, status FROM integrations WHERE status <> 'deleted'",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
     }
 
     /// Sets an integration's status (any organization: the runtime pauses on fatal errors).

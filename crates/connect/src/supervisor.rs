@@ -241,6 +241,8 @@ pub async fn run(c: Connect, mut stop: watch::Receiver<bool>) -> Result<(), Stri
             Err(e) => tracing::error!(error = %e, "cannot list integrations"),
         }
 
+        export_states(&c).await;
+
         tokio::select! {
             _ = tokio::time::sleep(c.poll) => {}
             _ = stop.changed() => {}
@@ -248,6 +250,32 @@ pub async fn run(c: Connect, mut stop: watch::Receiver<bool>) -> Result<(), Stri
     }
     stop_all(&c, &mut workers).await;
     Ok(())
+}
+
+/// Sets `collect_connect_integration_state`: `paused` for paused integrations (every process
+/// says so, alerts take the max), the local state for the ones running here.
+async fn export_states(c: &Connect) {
+    let Ok(all) = c.store.statuses().await else {
+        return;
+    };
+    let here = c
+        .running
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let gauge = &c.shared.metrics.state;
+    gauge.reset();
+    for (id, kind, status) in all {
+        let id_s = id.to_string();
+        let state = match (status.as_str(), here.get(&id)) {
+            ("paused", _) => "paused",
+            (_, Some(info)) => info.state.as_str(),
+            _ => continue,
+        };
+        gauge
+            .with_label_values(&[id_s.as_str(), kind.as_str(), state])
+            .set(1);
+    }
 }
 
 /// Stops every worker and waits for them (30 s at most each), recording pauses.

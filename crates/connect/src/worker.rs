@@ -37,10 +37,15 @@ pub struct Settings {
     pub responses_topic: String,
     /// Topic of form events.
     pub forms_topic: String,
-    /// Most events per batch.
+    /// Most events per batch, for sinks without a preference of their own.
     pub batch_max_events: usize,
-    /// Most encoded bytes per batch.
+    /// Most encoded bytes per batch, for sinks without a preference of their own.
     pub batch_max_bytes: usize,
+    /// The most events any sink's batch may hold, whatever it asks for
+    /// ([`crate::Sink::batch_limits`]): the bound of a worker's memory.
+    pub batch_ceiling_events: usize,
+    /// The most encoded bytes any sink's batch may hold.
+    pub batch_ceiling_bytes: usize,
     /// Longest wait for a batch to fill once its first event arrived.
     pub batch_max_wait: Duration,
     /// Backoff of retryable errors (retried until they stop or the worker is stopped).
@@ -66,6 +71,8 @@ impl Settings {
             forms_topic: forms_topic.into(),
             batch_max_events: 1000,
             batch_max_bytes: 2 * 1024 * 1024,
+            batch_ceiling_events: 10_000,
+            batch_ceiling_bytes: 32 * 1024 * 1024,
             batch_max_wait: Duration::from_millis(500),
             retry: RetryPolicy {
                 max_attempts: u32::MAX,
@@ -280,6 +287,12 @@ async fn work<S: Sink>(
         }
     }
 
+    let (max_events, max_bytes) = match sink.batch_limits() {
+        Some(l) => (l.events, l.bytes),
+        None => (settings.batch_max_events, settings.batch_max_bytes),
+    };
+    let max_events = max_events.clamp(1, settings.batch_ceiling_events.max(1));
+    let max_bytes = max_bytes.clamp(1, settings.batch_ceiling_bytes.max(1));
     let mut read_to = durable.clone();
     let mut last_commit = Instant::now();
     let mut last_lag = Instant::now() - Duration::from_secs(60);
@@ -289,10 +302,7 @@ async fn work<S: Sink>(
         let mut bytes = 0usize;
         let mut first: Option<Instant> = None;
         let mut stopping = *job.stop.borrow();
-        while !stopping
-            && batch.len() < settings.batch_max_events
-            && bytes < settings.batch_max_bytes
-        {
+        while !stopping && batch.len() < max_events && bytes < max_bytes {
             let wait = match first {
                 Some(t) => settings.batch_max_wait.saturating_sub(t.elapsed()),
                 None => Duration::from_secs(1),

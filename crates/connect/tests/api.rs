@@ -216,6 +216,34 @@ async fn integrations_by_api_run_pause_resume_and_hide_their_credentials() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // The state metric says so, for alerting.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = api
+            .http
+            .get(format!("{}/metrics", api.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let paused = text.lines().any(|l| {
+            l.starts_with("collect_connect_integration_state{")
+                && l.contains(&format!("integration=\"{id}\""))
+                && l.contains("state=\"paused\"")
+                && l.ends_with(" 1")
+        });
+        if paused {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no paused state in:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // Applying again by name replaces, it does not duplicate.
     let (s, again) = api
         .send(reqwest::Method::POST, "/v1/integrations", Some(&key), Some(json!({"kind": "memory", "form_id": form, "name": "crm", "config": {"store": name}})))
@@ -346,5 +374,53 @@ async fn bad_input_gets_a_clear_error_and_writes_nothing() {
         )
         .await;
     assert_eq!(shown["status"], "active");
+
+    // A named integration cannot move to another form (its offsets and state are the form's).
+    let other_form = uuid::Uuid::now_v7();
+    let c = api.env.pool.get().await.unwrap();
+    c.execute(
+        "INSERT INTO forms (id, org_id, title) VALUES ($1, $2, 'second')",
+        &[&other_form, &api.env.org],
+    )
+    .await
+    .unwrap();
+    let named = json!({"kind": "memory", "form_id": form, "name": "crm", "config": {"store": "x"}});
+    assert_eq!(
+        api.send(
+            reqwest::Method::POST,
+            "/v1/integrations",
+            Some(&key),
+            Some(named)
+        )
+        .await
+        .0,
+        201
+    );
+    let before = api.rows().await;
+    let moved = json!({"kind": "memory", "form_id": other_form.to_string(), "name": "crm", "config": {"store": "y"}});
+    let (s, body) = api
+        .send(
+            reqwest::Method::POST,
+            "/v1/integrations",
+            Some(&key),
+            Some(moved),
+        )
+        .await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (409, Some("integration_exists")),
+        "{body}"
+    );
+    assert_eq!(api.rows().await, before);
+    let kept: String = c
+        .query_one("SELECT form_id::text || ' ' || (config->>'store') FROM integrations WHERE name = 'crm'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        kept,
+        format!("{form} x"),
+        "the stored integration is unchanged"
+    );
     let _ = api.stop.send(true);
 }

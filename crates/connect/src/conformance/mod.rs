@@ -305,7 +305,10 @@ pub async fn run_all<T: Target>(t: &T) -> Vec<String> {
         ($name:literal, $f:expr) => {
             match Env::new().await {
                 Ok(mut env) => {
-                    env.settings(|s| s.batch_max_events = 50);
+                    env.settings(|s| {
+                        s.batch_max_events = 50;
+                        s.batch_ceiling_events = 50;
+                    });
                     if let Err(e) = $f(&env).await {
                         failures.push(format!("{}: {e}", $name));
                     }
