@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Through the dev stack: responses submitted to the demo form over the forms API reach the
 demo's Google Sheet (the emulator), one row each, read back with a plain Sheets v4
-values.get and the access token that .collect/stack.json names; an edit lands in place.
+values.get and the access token that .collect/stack.json names; an edit lands in place; and
+the demo's SMS integration texts each response once (the SMS emulator's message log).
 
 usage: stack_sheets_check.py .collect/stack.json [count]
 """
@@ -59,6 +60,30 @@ def main():
         sys.exit(f"the edit is not revision 2: {by_id[ids[0]][0]}")
     print(f"stack sheets check: {len(ids)} responses, one row each, edit in place "
           f"({len(rows) - 1} rows in the sheet)")
+
+    # The demo's SMS integration texts the organizer once per response (the edit sends
+    # nothing more), read back from the SMS emulator's message log.
+    deadline = time.monotonic() + 120
+    while True:
+        with urllib.request.urlopen(stack["sms_emulator_url"] + "/emulator/messages", timeout=30) as r:
+            messages = json.loads(r.read())
+        per = {}
+        for m in messages:
+            if m["account_sid"] == demo["sms_account_sid"]:
+                ref = m["body"].rsplit("Ref ", 1)[-1]
+                per[ref] = per.get(ref, 0) + 1
+        if all(i in per for i in ids):
+            break
+        if time.monotonic() > deadline:
+            sys.exit(f"after 120 s {sum(1 for i in ids if i in per)} of {len(ids)} responses were texted")
+        time.sleep(0.5)
+    time.sleep(2)  # anything sent twice would show by now
+    with urllib.request.urlopen(stack["sms_emulator_url"] + "/emulator/messages", timeout=30) as r:
+        messages = json.loads(r.read())
+    twice = [i for i in ids if sum(1 for m in messages if m["body"].endswith("Ref " + i)) != 1]
+    if twice:
+        sys.exit(f"responses texted other than once: {twice}")
+    print(f"stack sms check: {len(ids)} responses, one SMS each")
 
 
 if __name__ == "__main__":

@@ -30,11 +30,31 @@ pub enum EmulateCommand {
         #[arg(long, env = "COLLECT_SHEETS_EMULATOR_STATE")]
         state_file: Option<PathBuf>,
     },
+    /// An SMS provider with Twilio's Programmable Messaging API.
+    Sms {
+        /// Address to listen on.
+        #[arg(
+            long,
+            env = "COLLECT_SMS_EMULATOR_LISTEN",
+            default_value = "127.0.0.1:8091"
+        )]
+        listen: String,
+    },
 }
 
 /// Runs an emulator until Ctrl-C or SIGTERM.
 pub async fn run(cmd: EmulateCommand) -> Result<()> {
     match cmd {
+        EmulateCommand::Sms { listen } => {
+            let listener = TcpListener::bind(&listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            let base = format!("http://{}", listener.local_addr()?);
+            tracing::info!(base, "SMS emulator listening");
+            let emulator = collect_emulators::sms::Emulator::new(&base);
+            collect_emulators::sms::serve(listener, emulator, shutdown_signal()).await?;
+            Ok(())
+        }
         EmulateCommand::Sheets {
             listen,
             base_url,

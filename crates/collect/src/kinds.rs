@@ -2,4 +2,5 @@
 
 collect_connect::kinds!(pub Installed {
     collect_sheets::Sheets,
+    collect_sms::Sms,
 });

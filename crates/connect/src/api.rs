@@ -281,7 +281,7 @@ async fn pause(
     let id = parse_id(&id, "integration")?;
     let i = s
         .integrations
-        .set_status_of(org, id, "paused", Some("paused by an operator"))
+        .set_status_of(org, id, "paused", Some(crate::store::OPERATOR_PAUSE))
         .await?;
     Ok(axum::Json(view(&s, &i)))
 }

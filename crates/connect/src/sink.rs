@@ -97,6 +97,18 @@ pub struct SinkContext {
     pub metrics: SinkMetrics,
     /// Postgres, for the sink's own state (e.g. which row a response has).
     pub db: deadpool_postgres::Pool,
+    /// Turns true when the worker is asked to stop. A sink that writes a batch in many
+    /// calls (one message per event) checks [`SinkContext::stopping`] between them and
+    /// gives up with a retryable error: nothing of the batch is committed, so what it had
+    /// already written must be skipped when the batch comes again.
+    pub stop: tokio::sync::watch::Receiver<bool>,
+}
+
+impl SinkContext {
+    /// Whether the worker is asked to stop.
+    pub fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
 }
 
 /// A destination of events.

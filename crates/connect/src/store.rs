@@ -8,6 +8,11 @@ use serde_json::Value;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
+/// The status reason of an integration paused through the API: replacing the integration
+/// keeps that pause, while a pause the runtime made (a fatal error) is lifted by a new
+/// configuration or new credentials.
+pub const OPERATOR_PAUSE: &str = "paused by an operator";
+
 /// Errors of the integration store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -160,7 +165,12 @@ impl IntegrationStore {
                 tx.query_one(
                     &format!(
                         "UPDATE integrations SET form_id = $2, kind = $3, config = $4, credentials = $5, \
-                         updated_at = now() WHERE id = $1 RETURNING {COLUMNS}"
+                         updated_at = now(), \
+                         status = CASE WHEN status = 'paused' AND status_reason IS DISTINCT FROM '{OPERATOR_PAUSE}' \
+                                       THEN 'active' ELSE status END, \
+                         status_reason = CASE WHEN status = 'paused' AND status_reason IS DISTINCT FROM '{OPERATOR_PAUSE}' \
+                                       THEN NULL ELSE status_reason END \
+                         WHERE id = $1 RETURNING {COLUMNS}"
                     ),
                     &[&id, &n.form_id, &n.kind, n.config, &n.sealed],
                 )

@@ -201,6 +201,7 @@ async fn work<S: Sink>(
         limiter: job.shared.limiter.clone(),
         metrics: m.sink(&id, kind),
         db: job.shared.db.clone(),
+        stop: job.stop.clone(),
     };
 
     let mut config = ClientConfig::new();

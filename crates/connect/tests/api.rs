@@ -249,6 +249,25 @@ async fn integrations_by_api_run_pause_resume_and_hide_their_credentials() {
         .send(reqwest::Method::POST, "/v1/integrations", Some(&key), Some(json!({"kind": "memory", "form_id": form, "name": "crm", "config": {"store": name}})))
         .await;
     assert_eq!((s, again["id"].as_str()), (200, Some(id.as_str())));
+    // ... and a new configuration lifts a pause the runtime made (the fatal error above),
+    assert_eq!(
+        (again["status"].as_str(), again["status_reason"].as_str()),
+        (Some("active"), None),
+        "{again}"
+    );
+    // but not an operator's.
+    store(&name).lock().unwrap().fatal = None;
+    api.send(
+        reqwest::Method::POST,
+        &format!("/v1/integrations/{id}/pause"),
+        Some(&key),
+        None,
+    )
+    .await;
+    let (_, again) = api
+        .send(reqwest::Method::POST, "/v1/integrations", Some(&key), Some(json!({"kind": "memory", "form_id": form, "name": "crm", "config": {"store": name}})))
+        .await;
+    assert_eq!(again["status"], "paused", "{again}");
     assert_eq!(
         api.send(
             reqwest::Method::DELETE,

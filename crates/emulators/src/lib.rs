@@ -6,3 +6,4 @@
 //! misunderstanding of the API cannot be written once and pass its own tests.
 
 pub mod sheets;
+pub mod sms;

@@ -44,6 +44,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0005_sheets",
         sql: include_str!("../../../migrations/0005_sheets.sql"),
     },
+    Migration {
+        version: 6,
+        name: "0006_sms",
+        sql: include_str!("../../../migrations/0006_sms.sql"),
+    },
 ];
 
 /// Advisory lock key held while migrating ("collect" in ASCII).

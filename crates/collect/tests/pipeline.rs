@@ -21,7 +21,67 @@ struct Google {
     emulator: collect_emulators::sheets::Emulator,
 }
 
+/// A service account, a spreadsheet shared with it, and a token to read it back.
+struct GoogleSheet {
+    key: Value,
+    spreadsheet: String,
+    token: String,
+}
+
 impl Google {
+    /// Google's quotas doubled (to keep tests short; the connector is told the same), a
+    /// service account, a spreadsheet shared with it, a token to read it with.
+    async fn sheet(&self) -> GoogleSheet {
+        self.admin(
+            reqwest::Method::PUT,
+            "quotas",
+            json!({"read_per_minute_user": 600, "read_per_minute_project": 600,
+                   "write_per_minute_user": 120, "write_per_minute_project": 600}),
+        )
+        .await;
+        let key = self
+            .admin(
+                reqwest::Method::POST,
+                "service-accounts",
+                json!({"name": "collect-pipeline", "project": "forms-prod"}),
+            )
+            .await;
+        let email = key["client_email"].as_str().unwrap().to_string();
+        let sheet = self
+            .admin(
+                reqwest::Method::POST,
+                "spreadsheets",
+                json!({"title": "Sign-ups", "shared_with": [email]}),
+            )
+            .await;
+        let token = self
+            .admin(
+                reqwest::Method::POST,
+                "access-tokens",
+                json!({"email": email, "project": "forms-prod"}),
+            )
+            .await["access_token"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        GoogleSheet {
+            key,
+            spreadsheet: sheet["spreadsheetId"].as_str().unwrap().to_string(),
+            token,
+        }
+    }
+
+    /// The Sheets integration's body for the connect API.
+    fn integration(&self, e: &Env, s: &GoogleSheet) -> Value {
+        json!({
+            "kind": "sheets", "form_id": e.form_id(), "name": "sign-up sheet",
+            "config": {"spreadsheet_id": s.spreadsheet, "api_base_url": self.base,
+                       "quotas": {"write_requests_per_minute_per_user": 120,
+                                  "write_requests_per_minute_per_project": 600}},
+            "credentials": {"type": "service_account", "key": s.key}
+        })
+    }
+
     async fn start() -> Self {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", l.local_addr().unwrap());
@@ -101,12 +161,18 @@ fn connector(e: &Env, brokers: &str) -> Proc {
 
 /// Submits `n` responses named `{prefix}{i}`, one every `gap`.
 fn load(e: &Env, prefix: &str, n: usize, gap: Duration) -> tokio::task::JoinHandle<Vec<String>> {
-    let (api, key, form, prefix) = (
-        e.api.clone(),
-        e.key.clone(),
-        e.form_id().to_string(),
-        prefix.to_string(),
-    );
+    let prefix = prefix.to_string();
+    load_with(e, n, gap, move |i| json!({"name": format!("{prefix}{i}")}))
+}
+
+/// Submits `n` responses with the answers `answers(i)`, one every `gap`.
+fn load_with(
+    e: &Env,
+    n: usize,
+    gap: Duration,
+    answers: impl Fn(usize) -> Value + Send + 'static,
+) -> tokio::task::JoinHandle<Vec<String>> {
+    let (api, key, form) = (e.api.clone(), e.key.clone(), e.form_id().to_string());
     tokio::spawn(async move {
         let http = reqwest::Client::new();
         let mut ids = Vec::new();
@@ -114,7 +180,7 @@ fn load(e: &Env, prefix: &str, n: usize, gap: Duration) -> tokio::task::JoinHand
             let r: Value = http
                 .post(format!("{api}/v1/forms/{form}/responses"))
                 .bearer_auth(&key)
-                .json(&json!({"answers": {"name": format!("{prefix}{i}")}}))
+                .json(&json!({"answers": answers(i)}))
                 .send()
                 .await
                 .unwrap()
@@ -138,41 +204,8 @@ async fn every_response_is_one_row_through_kill_9_storms_and_question_changes() 
     let broker = collect_testkit::shared_broker().await.unwrap();
     let brokers = broker.bootstrap();
     let google = Google::start().await;
-    // Google's quotas, doubled to keep the test short; the connector is told the same.
-    google
-        .admin(
-            reqwest::Method::PUT,
-            "quotas",
-            json!({"read_per_minute_user": 600, "read_per_minute_project": 600,
-                   "write_per_minute_user": 120, "write_per_minute_project": 600}),
-        )
-        .await;
-    let key = google
-        .admin(
-            reqwest::Method::POST,
-            "service-accounts",
-            json!({"name": "collect-pipeline", "project": "forms-prod"}),
-        )
-        .await;
-    let sa_email = key["client_email"].as_str().unwrap().to_string();
-    let sheet = google
-        .admin(
-            reqwest::Method::POST,
-            "spreadsheets",
-            json!({"title": "Sign-ups", "shared_with": [sa_email]}),
-        )
-        .await;
-    let spreadsheet = sheet["spreadsheetId"].as_str().unwrap().to_string();
-    let token = google
-        .admin(
-            reqwest::Method::POST,
-            "access-tokens",
-            json!({"email": sa_email, "project": "forms-prod"}),
-        )
-        .await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let gs = google.sheet().await;
+    let (spreadsheet, token) = (gs.spreadsheet.clone(), gs.token.clone());
 
     let cdc = reader(&e, &brokers);
     cdc.wait("/status", |v| v["state"] == "streaming").await;
@@ -182,13 +215,7 @@ async fn every_response_is_one_row_through_kill_9_storms_and_question_changes() 
         .http
         .post(format!("{}/v1/integrations", connect.url()))
         .bearer_auth(&e.key)
-        .json(&json!({
-            "kind": "sheets", "form_id": e.form_id(), "name": "sign-up sheet",
-            "config": {"spreadsheet_id": spreadsheet, "api_base_url": google.base,
-                       "quotas": {"write_requests_per_minute_per_user": 120,
-                                  "write_requests_per_minute_per_project": 600}},
-            "credentials": {"type": "service_account", "key": key}
-        }))
+        .json(&google.integration(&e, &gs))
         .send()
         .await
         .unwrap()
@@ -353,6 +380,194 @@ async fn every_response_is_one_row_through_kill_9_storms_and_question_changes() 
         .unwrap();
     assert_eq!(shown["status"], "active", "{shown}");
     drop(google.emulator);
+    connect.kill9();
+    cdc.kill9();
+}
+
+/// An SMS provider (the emulator) with one account.
+struct Texts {
+    base: String,
+    http: reqwest::Client,
+    account: Value,
+}
+
+impl Texts {
+    async fn start() -> Self {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(collect_emulators::sms::serve(
+            l,
+            collect_emulators::sms::Emulator::new(&base),
+            std::future::pending(),
+        ));
+        let http = reqwest::Client::new();
+        let account: Value = http
+            .post(format!("{base}/emulator/accounts"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        Self {
+            base,
+            http,
+            account,
+        }
+    }
+
+    async fn put(&self, path: &str, body: Value) {
+        let r = self
+            .http
+            .put(format!("{}/emulator/{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+
+    /// Messages per response (the template ends with the response id).
+    async fn per_response(&self) -> BTreeMap<String, usize> {
+        let all: Value = self
+            .http
+            .get(format!("{}/emulator/messages", self.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let mut out = BTreeMap::new();
+        for m in all.as_array().unwrap() {
+            let id = m["body"].as_str().unwrap().rsplit("Ref ").next().unwrap();
+            *out.entry(id.to_string()).or_insert(0) += 1;
+        }
+        out
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_row_and_one_sms_per_response_through_kill_9_and_provider_faults() {
+    let e = env(json!({"title": "Appointments", "questions": [
+        {"label": "Name", "type": "text", "alias": "name", "required": true},
+        {"label": "Mobile", "type": "phone", "alias": "phone", "required": true}
+    ]}))
+    .await;
+    let broker = collect_testkit::shared_broker().await.unwrap();
+    let brokers = broker.bootstrap();
+    let google = Google::start().await;
+    let gs = google.sheet().await;
+    let texts = Texts::start().await;
+    texts
+        .put(
+            "limits",
+            json!({"per_sender_per_second": 200, "account_per_second": 200}),
+        )
+        .await;
+
+    let cdc = reader(&e, &brokers);
+    cdc.wait("/status", |v| v["state"] == "streaming").await;
+    let mut connect = connector(&e, &brokers);
+    connect.wait("/readyz", |_| true).await;
+    for body in [
+        google.integration(&e, &gs),
+        json!({
+            "kind": "sms", "form_id": e.form_id(), "name": "confirmations",
+            "config": {"api_base_url": texts.base, "from": "+15005550006",
+                       "to": {"question": "phone"},
+                       "template": "Hi {{name}}, your booking is confirmed. Ref {{response_id}}",
+                       "rates": {"per_sender_per_second": 100, "account_per_second": 100},
+                       "reconcile_after_secs": 1},
+            "credentials": {"account_sid": texts.account["account_sid"],
+                            "auth_token": texts.account["auth_token"]}
+        }),
+    ] {
+        let r = e
+            .http
+            .post(format!("{}/v1/integrations", connect.url()))
+            .bearer_auth(&e.key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap());
+    }
+
+    // Responses while both providers misbehave and the connector is killed twice: the SMS
+    // provider drops connections after accepting and answers 500 before accepting; Google
+    // answers 503 and applies writes it then fails.
+    texts
+        .put(
+            "faults",
+            json!({"drop_after_accept_rate": 0.3, "error_rate": 0.2, "error_status": 500}),
+        )
+        .await;
+    google
+        .faults(json!({"error_rate": 0.3, "error_status": 503, "fail_after_write_rate": 0.2}))
+        .await;
+    let writes = load_with(
+        &e,
+        120,
+        Duration::from_millis(15),
+        |i| json!({"name": format!("p{i}"), "phone": format!("+47 91{:06}", i)}),
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    connect.kill9();
+    connect = connector(&e, &brokers);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    connect.kill9();
+    connect = connector(&e, &brokers);
+    let ids: BTreeSet<String> = writes.await.unwrap().into_iter().collect();
+    assert_eq!(ids.len(), 120);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    texts.put("faults", json!({})).await;
+    google.faults(json!({})).await;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let rows = google.values(&gs.token, &gs.spreadsheet).await;
+        let in_sheet: BTreeSet<String> = rows
+            .iter()
+            .skip(1)
+            .filter_map(|r| r.first()?.as_str().map(str::to_string))
+            .collect();
+        let texted = texts.per_response().await;
+        if ids.is_subset(&in_sheet) && ids.iter().all(|id| texted.contains_key(id)) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {} rows, {} of {} texted",
+            ids.iter().filter(|id| in_sheet.contains(*id)).count(),
+            ids.len(),
+            ids.iter().filter(|id| texted.contains_key(*id)).count(),
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Give a duplicate every chance to appear, then count.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rows = google.values(&gs.token, &gs.spreadsheet).await;
+    assert_eq!(rows.len() - 1, ids.len(), "one row per response");
+    let texted = texts.per_response().await;
+    let not_once: Vec<_> = texted.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(not_once.is_empty(), "texted more than once: {not_once:?}");
+    assert_eq!(texted.len(), ids.len());
+    let stats: Value = texts
+        .http
+        .get(format!("{}/emulator/stats", texts.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        stats["dropped_after_accept"].as_u64().unwrap() > 0
+            && stats["injected_errors"].as_u64().unwrap() > 0,
+        "the faults were met: {stats}"
+    );
     connect.kill9();
     cdc.kill9();
 }

@@ -1,0 +1,155 @@
+//! The ledger (migration `0006_sms`): one row per (integration, response), claimed before
+//! the provider is called.
+
+use chrono::{DateTime, Utc};
+use collect_connect::SinkError;
+use deadpool_postgres::Pool;
+use uuid::Uuid;
+
+/// What the ledger knows of a response's message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// `claimed`, `sent`, `failed` or `ambiguous`.
+    pub state: String,
+    /// Recipient.
+    pub to: String,
+    /// Text.
+    pub body: String,
+    /// The provider's id, once sent.
+    pub sid: Option<String>,
+    /// Why it failed or is ambiguous.
+    pub error: Option<String>,
+    /// When it was (last) claimed.
+    pub claimed_at: DateTime<Utc>,
+}
+
+fn db(e: impl std::fmt::Display) -> SinkError {
+    SinkError::retryable(format!("ledger: {e}"))
+}
+
+/// The ledger of one integration.
+#[derive(Clone)]
+pub struct Ledger {
+    pool: Pool,
+    integration: Uuid,
+}
+
+impl Ledger {
+    /// The ledger of `integration`.
+    pub fn new(pool: Pool, integration: Uuid) -> Self {
+        Self { pool, integration }
+    }
+
+    /// The entry of `response`, if any.
+    pub async fn get(&self, response: Uuid) -> Result<Option<Entry>, SinkError> {
+        let c = self.pool.get().await.map_err(db)?;
+        let row = c
+            .query_opt(
+                "SELECT state, to_number, body, provider_sid, error, claimed_at FROM sms_ledger \
+                 WHERE integration_id = $1 AND response_id = $2",
+                &[&self.integration, &response],
+            )
+            .await
+            .map_err(db)?;
+        Ok(row.map(|r| Entry {
+            state: r.get(0),
+            to: r.get(1),
+            body: r.get(2),
+            sid: r.get(3),
+            error: r.get(4),
+            claimed_at: r.get(5),
+        }))
+    }
+
+    /// Claims `response` for a send; false if it already has an entry.
+    pub async fn claim(&self, response: Uuid, to: &str, body: &str) -> Result<bool, SinkError> {
+        let c = self.pool.get().await.map_err(db)?;
+        let n = c
+            .execute(
+                "INSERT INTO sms_ledger (integration_id, response_id, state, to_number, body) \
+                 VALUES ($1, $2, 'claimed', $3, $4) ON CONFLICT DO NOTHING",
+                &[&self.integration, &response, &to, &body],
+            )
+            .await
+            .map_err(db)?;
+        Ok(n == 1)
+    }
+
+    /// Records a refusal for good, without a claim before (an invalid number).
+    pub async fn fail_unclaimed(
+        &self,
+        response: Uuid,
+        to: &str,
+        error: &str,
+    ) -> Result<(), SinkError> {
+        let c = self.pool.get().await.map_err(db)?;
+        c.execute(
+            "INSERT INTO sms_ledger (integration_id, response_id, state, to_number, body, error) \
+             VALUES ($1, $2, 'failed', $3, '', $4) ON CONFLICT DO NOTHING",
+            &[&self.integration, &response, &to, &error],
+        )
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    /// Moves an entry to `state`.
+    pub async fn set(
+        &self,
+        response: Uuid,
+        state: &str,
+        sid: Option<&str>,
+        error: Option<&str>,
+    ) -> Result<(), SinkError> {
+        let c = self.pool.get().await.map_err(db)?;
+        c.execute(
+            "UPDATE sms_ledger SET state = $3, provider_sid = COALESCE($4, provider_sid), error = $5, \
+             updated_at = now() WHERE integration_id = $1 AND response_id = $2",
+            &[&self.integration, &response, &state, &sid, &error],
+        )
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    /// Claims an entry again for a new attempt (after the provider's list showed the last
+    /// one was never accepted).
+    pub async fn reclaim(&self, response: Uuid) -> Result<(), SinkError> {
+        let c = self.pool.get().await.map_err(db)?;
+        c.execute(
+            "UPDATE sms_ledger SET state = 'claimed', attempts = attempts + 1, claimed_at = now(), \
+             updated_at = now() WHERE integration_id = $1 AND response_id = $2",
+            &[&self.integration, &response],
+        )
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    /// Forgets a claim whose send was refused before anything happened (rate limited).
+    pub async fn release(&self, response: Uuid) -> Result<(), SinkError> {
+        let c = self.pool.get().await.map_err(db)?;
+        c.execute(
+            "DELETE FROM sms_ledger WHERE integration_id = $1 AND response_id = $2 AND state = 'claimed'",
+            &[&self.integration, &response],
+        )
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    /// Provider ids of messages already accounted for to `to` (so that reconciliation does
+    /// not attribute one of them to another response).
+    pub async fn sids_to(&self, to: &str, since: DateTime<Utc>) -> Result<Vec<String>, SinkError> {
+        let c = self.pool.get().await.map_err(db)?;
+        let rows = c
+            .query(
+                "SELECT provider_sid FROM sms_ledger WHERE integration_id = $1 AND to_number = $2 \
+                 AND provider_sid IS NOT NULL AND updated_at >= $3",
+                &[&self.integration, &to, &since],
+            )
+            .await
+            .map_err(db)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+}

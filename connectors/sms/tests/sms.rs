@@ -1,0 +1,449 @@
+//! The SMS connector against the SMS emulator, through the runtime, with the real broker and
+//! Postgres: the conformance suite, then the connector's own promises. What the tests check
+//! is read back from the provider's message log.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use collect_connect::Kind;
+use collect_connect::conformance::{Env, Target, run_all};
+use collect_connect::store::Integration;
+use collect_connect::worker::WorkerExit;
+use collect_events::{Answer, ResponseEvent};
+use collect_sms::{Sms, SmsSink, Twilio};
+use serde_json::{Value, json};
+
+fn logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("warn,collect_sms=info,rdkafka=error")
+            }),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// An SMS emulator of its own.
+struct Provider {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Provider {
+    async fn start() -> Self {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(collect_emulators::sms::serve(
+            l,
+            collect_emulators::sms::Emulator::new(&base),
+            std::future::pending(),
+        ));
+        let p = Self {
+            base,
+            http: reqwest::Client::new(),
+        };
+        p.admin(
+            reqwest::Method::PUT,
+            "limits",
+            json!({"per_sender_per_second": 1000, "account_per_second": 1000}),
+        )
+        .await;
+        p
+    }
+
+    async fn admin(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+        let r = self
+            .http
+            .request(method, format!("{}/emulator/{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        r.json().await.unwrap()
+    }
+
+    async fn account(&self) -> (String, String) {
+        let a = self
+            .admin(reqwest::Method::POST, "accounts", Value::Null)
+            .await;
+        (
+            a["account_sid"].as_str().unwrap().into(),
+            a["auth_token"].as_str().unwrap().into(),
+        )
+    }
+
+    /// Messages of `account`.
+    async fn messages(&self, account: &str) -> Vec<Value> {
+        self.admin(reqwest::Method::GET, "messages", Value::Null)
+            .await
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["account_sid"] == account)
+            .cloned()
+            .collect()
+    }
+}
+
+struct SmsTarget {
+    provider: Provider,
+}
+
+const TEMPLATE: &str = "Thanks {{name}}! Ref {{response_id}}";
+
+impl SmsTarget {
+    async fn integration_config(&self, extra: Value) -> Value {
+        let (sid, token) = self.provider.account().await;
+        let mut config = json!({
+            "api_base_url": self.provider.base,
+            "from": "+15005550006",
+            "to": {"question": "phone"},
+            "template": TEMPLATE,
+            "rates": {"per_sender_per_second": 500, "account_per_second": 500},
+            "reconcile_after_secs": 1,
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            config[k] = v.clone();
+        }
+        json!({"config": config, "credentials": {"account_sid": sid, "auth_token": token}})
+    }
+
+    fn account_of(i: &Integration) -> String {
+        i.config["__account"].as_str().unwrap().to_string()
+    }
+}
+
+/// The test keeps the credentials beside the config (the runtime would decrypt them).
+fn stored(prepared: &Value) -> Value {
+    let mut c = prepared["config"].clone();
+    c["__account"] = prepared["credentials"]["account_sid"].clone();
+    c["__token"] = prepared["credentials"]["auth_token"].clone();
+    c
+}
+
+fn sink_of(i: &Integration) -> SmsSink<Twilio> {
+    let mut config = i.config.clone();
+    let creds = json!({"account_sid": config["__account"], "auth_token": config["__token"]});
+    config.as_object_mut().unwrap().remove("__account");
+    config.as_object_mut().unwrap().remove("__token");
+    Sms::build(&config, Some(&creds)).unwrap()
+}
+
+impl Target for SmsTarget {
+    type S = SmsSink<Twilio>;
+
+    fn kind(&self) -> &'static str {
+        "sms"
+    }
+
+    async fn config(&self) -> Value {
+        // The conformance responses answer only "name": send to a fixed number.
+        stored(
+            &self
+                .integration_config(json!({"to": {"number": "+4791234567"}}))
+                .await,
+        )
+    }
+
+    fn sink(&self, i: &Integration) -> SmsSink<Twilio> {
+        sink_of(i)
+    }
+
+    async fn observe(&self, i: &Integration) -> HashMap<String, (usize, i32)> {
+        let mut out: HashMap<String, (usize, i32)> = HashMap::new();
+        for m in self.provider.messages(&Self::account_of(i)).await {
+            if let Some(id) = m["body"].as_str().and_then(|b| b.rsplit("Ref ").next()) {
+                out.entry(id.to_string()).or_insert((0, 1)).0 += 1;
+            }
+        }
+        out
+    }
+
+    async fn slow_down(&self, _i: &Integration, d: Duration) {
+        self.provider
+            .admin(
+                reqwest::Method::PUT,
+                "faults",
+                json!({"latency_ms": d.as_millis() as u64}),
+            )
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sms_sink_passes_the_conformance_suite() {
+    logs();
+    let target = SmsTarget {
+        provider: Provider::start().await,
+    };
+    let failures = run_all(&target).await;
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+fn with_phone(env: &Env, id: &str, phone: &str) -> ResponseEvent {
+    let mut r = env.response(id, 1, "Ada");
+    r.answers.push(Answer {
+        question_id: "01900000-0000-7000-8000-0000000000bb".into(),
+        alias: Some("phone".into()),
+        question_type: "phone".into(),
+        text: Some(phone.into()),
+        number: None,
+        boolean: None,
+        date: None,
+        choices: None,
+    });
+    r
+}
+
+/// Waits until the account has `n` messages; returns them.
+async fn messages(p: &Provider, account: &str, n: usize) -> Vec<Value> {
+    let end = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = p.messages(account).await;
+        if m.len() >= n {
+            return m;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "{} of {n} messages: {m:?}",
+            m.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn per_response(ms: &[Value]) -> HashMap<String, usize> {
+    let mut out = HashMap::new();
+    for m in ms {
+        let id = m["body"].as_str().unwrap().rsplit("Ref ").next().unwrap();
+        *out.entry(id.to_string()).or_insert(0) += 1;
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_sends_are_reconciled_never_duplicated() {
+    logs();
+    let env = Env::new().await.unwrap();
+    let t = SmsTarget {
+        provider: Provider::start().await,
+    };
+    let i = env
+        .integration("sms", stored(&t.integration_config(json!({})).await))
+        .await
+        .unwrap();
+    let account = SmsTarget::account_of(&i);
+    // Every send is accepted and its connection dropped: the sink cannot know; the
+    // provider's list tells it the message exists.
+    t.provider
+        .admin(
+            reqwest::Method::PUT,
+            "faults",
+            json!({"drop_after_accept_rate": 1.0}),
+        )
+        .await;
+    let ids: Vec<String> = (0..5).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    env.produce(
+        &ids.iter()
+            .map(|id| with_phone(&env, id, "+47 912 34 567"))
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap();
+    let w = env.start(sink_of(&i), "sms", &i);
+    let ms = messages(&t.provider, &account, 5).await;
+    assert_eq!(ms[0]["to"], "+4791234567", "normalised to E.164");
+    // Let the reconciliation run, then check nothing was sent twice.
+    let c = env.pool.get().await.unwrap();
+    let end = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let sent: i64 = c
+            .query_one(
+                "SELECT count(*) FROM sms_ledger WHERE integration_id = $1 AND state = 'sent'",
+                &[&i.id],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if sent == 5 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < end, "{sent} of 5 reconciled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let counts = per_response(&t.provider.messages(&account).await);
+    assert!(
+        ids.iter().all(|id| counts.get(id) == Some(&1)),
+        "{counts:?}"
+    );
+
+    // 500s before anything is stored: ambiguous too; the list shows nothing, so after the
+    // reconcile delay each is sent, once.
+    t.provider
+        .admin(
+            reqwest::Method::PUT,
+            "faults",
+            json!({"error_rate": 1.0, "error_status": 500}),
+        )
+        .await;
+    let more: Vec<String> = (0..3).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    env.produce(
+        &more
+            .iter()
+            .map(|id| with_phone(&env, id, "+4791234568"))
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap();
+    let end = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ambiguous: i64 = c
+            .query_one(
+                "SELECT count(*) FROM sms_ledger WHERE integration_id = $1 AND state = 'ambiguous'",
+                &[&i.id],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if ambiguous >= 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "no ambiguous send recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    t.provider
+        .admin(reqwest::Method::PUT, "faults", json!({}))
+        .await;
+    let ms = messages(&t.provider, &account, 8).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let counts = per_response(&t.provider.messages(&account).await);
+    assert_eq!(ms.len(), 8);
+    assert!(
+        ids.iter().chain(&more).all(|id| counts.get(id) == Some(&1)),
+        "{counts:?}"
+    );
+    assert_eq!(w.stop().await, WorkerExit::Stopped);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_numbers_go_to_dead_letters_and_429s_are_retried() {
+    logs();
+    let env = Env::new().await.unwrap();
+    let t = SmsTarget {
+        provider: Provider::start().await,
+    };
+    let i = env
+        .integration("sms", stored(&t.integration_config(json!({})).await))
+        .await
+        .unwrap();
+    let account = SmsTarget::account_of(&i);
+    // The provider allows 2 a second from our number; the sink is told 500: it gets 429s.
+    t.provider
+        .admin(
+            reqwest::Method::PUT,
+            "limits",
+            json!({"per_sender_per_second": 2, "account_per_second": 1000}),
+        )
+        .await;
+    t.provider
+        .admin(
+            reqwest::Method::POST,
+            "opt-outs",
+            json!({"number": "+4799999999"}),
+        )
+        .await;
+    let good: Vec<String> = (0..8).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    let (bad, none, opted) = (
+        uuid::Uuid::new_v4().to_string(),
+        uuid::Uuid::new_v4().to_string(),
+        uuid::Uuid::new_v4().to_string(),
+    );
+    let mut events: Vec<ResponseEvent> = good
+        .iter()
+        .map(|id| with_phone(&env, id, "+4791234567"))
+        .collect();
+    events.insert(3, with_phone(&env, &bad, "12"));
+    events.insert(5, env.response(&none, 1, "no phone"));
+    events.push(with_phone(&env, &opted, "+4799999999"));
+    // An edit of a response already texted sends nothing more.
+    let mut edit = with_phone(&env, &good[0], "+4791234567");
+    edit.revision = 2;
+    events.push(edit);
+    env.produce(&events).await.unwrap();
+    let w = env.start(sink_of(&i), "sms", &i);
+    let dead = env.dead_letters(3, Duration::from_secs(60)).await;
+    let reasons: Vec<&str> = dead
+        .iter()
+        .map(|d| d.headers["collect.reason"].as_str())
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("invalid phone number '12'")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("not answered")),
+        "{reasons:?}"
+    );
+    assert!(reasons.iter().any(|r| r.contains("21610")), "{reasons:?}");
+    let ms = messages(&t.provider, &account, 8).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let counts = per_response(&t.provider.messages(&account).await);
+    assert_eq!(ms.len(), 8);
+    assert!(
+        good.iter().all(|id| counts.get(id) == Some(&1)),
+        "{counts:?}"
+    );
+    let stats = t
+        .provider
+        .admin(reqwest::Method::GET, "stats", Value::Null)
+        .await;
+    assert!(stats["throttled"].as_u64().unwrap() > 0, "{stats}");
+    assert_eq!(w.stop().await, WorkerExit::Stopped);
+}
+
+#[tokio::test]
+async fn configuration_is_validated() {
+    let ok =
+        json!({"from": "+15005550006", "to": {"question": "phone"}, "template": "Hi {{name}}"});
+    let creds = json!({"account_sid": "AC1", "auth_token": "t"});
+    let prepared = Sms::prepare(ok.clone(), Some(creds.clone())).await.unwrap();
+    assert_eq!(prepared.config["rates"]["per_sender_per_second"], 1);
+    for (change, field) in [
+        (json!({"from": "5550006"}), "config.from"),
+        (json!({"to": {"number": "12"}}), "config.to.number"),
+        (json!({"to": {"email": "x"}}), "config"),
+        (json!({"template": "Hi {{name"}), "config.template"),
+        (json!({"provider": "carrier-pigeon"}), "config.provider"),
+        (json!({"colour": "red"}), "config"),
+        (
+            json!({"rates": {"per_sender_per_second": 0}}),
+            "config.rates",
+        ),
+    ] {
+        let mut c = ok.clone();
+        for (k, v) in change.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        match Sms::prepare(c, Some(creds.clone())).await {
+            Err(collect_connect::KindError::Invalid(errors)) => {
+                assert_eq!(errors[0].field, field, "{change}: {errors:?}")
+            }
+            other => panic!("{change}: {other:?}"),
+        }
+    }
+    assert!(Sms::prepare(ok.clone(), None).await.is_err());
+    assert!(
+        Sms::prepare(ok, Some(json!({"account_sid": "AC1"})))
+            .await
+            .is_err()
+    );
+}
