@@ -36,6 +36,7 @@ mod cdc;
 mod connect;
 mod emulate;
 mod kinds;
+mod ops;
 
 #[derive(clap::Args)]
 pub(crate) struct Db {
@@ -105,6 +106,12 @@ enum Command {
         #[command(subcommand)]
         command: connect::IntegrationsCommand,
     },
+    /// Say how the pipeline is doing: the reader's slot, every integration's state and
+    /// lag, dead letters.
+    Status(Box<ops::StatusArgs>),
+    /// Make an integration read its form's events again from the oldest the topics hold
+    /// (backfill a new sheet), following its progress.
+    Replay(Box<ops::ReplayArgs>),
     /// Run an emulator of a third party.
     Emulate {
         #[command(subcommand)]
@@ -251,6 +258,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Connect(args) => connect::run(*args).await,
         Command::Integrations { command } => connect::integrations(command).await,
         Command::Emulate { command } => emulate::run(command).await,
+        Command::Status(args) => ops::status(*args).await,
+        Command::Replay(args) => ops::replay(*args).await,
         Command::Migrate { db } => migrate(&db).await,
         Command::Org {
             command: OrgCommand::Create { db, name },

@@ -571,3 +571,173 @@ async fn one_row_and_one_sms_per_response_through_kill_9_and_provider_faults() {
     connect.kill9();
     cdc.kill9();
 }
+
+/// Runs `collect <args>` to completion with the environment's variables.
+fn collect(e: &Env, brokers: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_collect"))
+        .args(args)
+        .envs(e.process_env(brokers))
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_sheet_gets_every_past_response_once_by_replay_while_new_ones_arrive() {
+    let e = env(json!({"title": "Survey", "questions": [
+        {"label": "Name", "type": "text", "alias": "name", "required": true}
+    ]}))
+    .await;
+    let broker = collect_testkit::shared_broker().await.unwrap();
+    let brokers = broker.bootstrap();
+    let google = Google::start().await;
+    let first = google.sheet().await;
+    let cdc = reader(&e, &brokers);
+    cdc.wait("/status", |v| v["state"] == "streaming").await;
+    let connect = connector(&e, &brokers);
+    connect.wait("/readyz", |_| true).await;
+
+    // Thousands of past responses, delivered to a first sheet.
+    let past: BTreeSet<String> = load(&e, "past", 2000, Duration::ZERO)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    let create = |body: Value| {
+        let (http, url, key) = (e.http.clone(), connect.url(), e.key.clone());
+        async move {
+            let r = http
+                .post(format!("{url}/v1/integrations"))
+                .bearer_auth(&key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "{}", r.status());
+            r.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let id = create(google.integration(&e, &first)).await;
+    let in_sheet = |s: &GoogleSheet| {
+        let (google, token, spreadsheet) = (&google, s.token.clone(), s.spreadsheet.clone());
+        async move {
+            let rows = google.values(&token, &spreadsheet).await;
+            let mut ids: BTreeMap<String, usize> = BTreeMap::new();
+            for r in rows.iter().skip(1) {
+                if let Some(id) = r.first().and_then(Value::as_str) {
+                    *ids.entry(id.to_string()).or_insert(0) += 1;
+                }
+            }
+            ids
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let seen = in_sheet(&first).await;
+        if past.iter().all(|id| seen.contains_key(id)) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "first sheet never filled"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // Ops point the integration at a new sheet and replay, while responses keep coming.
+    let second = google.sheet().await;
+    assert_eq!(create(google.integration(&e, &second)).await, id);
+    let live = load(&e, "live", 200, Duration::from_millis(20));
+    let out = tokio::task::spawn_blocking({
+        let (e_brokers, id) = (brokers.clone(), id.clone());
+        let vars = e.process_env(&e_brokers);
+        move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_collect"))
+                .args(["replay", "--integration", &id, "--wait-secs", "60"])
+                .envs(vars)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "replay failed: {stderr}");
+    assert!(stderr.contains("100%"), "progress shown: {stderr}");
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["followed"], true, "{summary}");
+    let live: BTreeSet<String> = live.await.unwrap().into_iter().collect();
+    let all: BTreeSet<String> = past.union(&live).cloned().collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let seen = loop {
+        let seen = in_sheet(&second).await;
+        if all.iter().all(|id| seen.contains_key(id)) {
+            break seen;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {} in the new sheet",
+            all.iter().filter(|id| seen.contains_key(*id)).count(),
+            all.len()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(seen.len(), all.len(), "nothing but the form's responses");
+    assert!(seen.values().all(|n| *n == 1), "each exactly once");
+
+    // `collect status` tells the same story, as JSON and as text; bad input is refused.
+    let dlq = e.topic("dlq");
+    let connect_dlq = e.topic("connect.dlq");
+    let status_args = [
+        "status",
+        "--json",
+        "--dead-letter-topic",
+        dlq.as_str(),
+        "--dead-letter-topic",
+        connect_dlq.as_str(),
+    ];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        let out = collect(&e, &brokers, &status_args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+        if status["integrations"][0]["lag"] == 0 {
+            break status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "lag never reached 0: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(status["slot"]["active"], true, "{status}");
+    assert_eq!(status["integrations"][0]["id"], id.as_str());
+    assert_eq!(status["integrations"][0]["status"], "active");
+    assert_eq!(status["dead_letters"][dlq.as_str()], 0, "{status}");
+    let text = collect(
+        &e,
+        &brokers,
+        &["status", "--dead-letter-topic", dlq.as_str()],
+    );
+    let text = String::from_utf8_lossy(&text.stdout).to_string();
+    assert!(
+        text.contains(&id) && text.contains("sheets") && text.contains("lag 0"),
+        "{text}"
+    );
+    let bad = collect(&e, &brokers, &["replay", "--integration", "not-a-uuid"]);
+    assert!(!bad.status.success());
+    let unknown = collect(
+        &e,
+        &brokers,
+        &["replay", "--integration", &uuid::Uuid::now_v7().to_string()],
+    );
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no integration"));
+    connect.kill9();
+    cdc.kill9();
+}

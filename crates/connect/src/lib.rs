@@ -14,6 +14,7 @@ pub mod dlq;
 pub mod kind;
 pub mod limits;
 pub mod metrics;
+pub mod offsets;
 pub mod retry;
 pub mod sink;
 pub mod store;

@@ -215,6 +215,20 @@ impl IntegrationStore {
         .ok_or(StoreError::NotFound("integration"))
     }
 
+    /// Every integration not deleted, of every organization (for operators' tools).
+    pub async fn all(&self) -> Result<Vec<Integration>, StoreError> {
+        let c = self.pool.get().await?;
+        let rows = c
+            .query(
+                &format!(
+                    "SELECT {COLUMNS} FROM integrations WHERE status <> 'deleted' ORDER BY id"
+                ),
+                &[],
+            )
+            .await?;
+        Ok(rows.iter().map(integration).collect())
+    }
+
     /// Every active integration (for the supervisor).
     pub async fn active(&self) -> Result<Vec<Integration>, StoreError> {
         let c = self.pool.get().await?;

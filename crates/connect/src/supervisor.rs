@@ -62,6 +62,12 @@ struct Worker {
     kind: String,
 }
 
+/// The advisory lock a process holds while it runs integration `id` (its lease). Operators'
+/// tools take it to be sure no worker runs the integration.
+pub fn lease_key(id: Uuid) -> i64 {
+    lock_key(id)
+}
+
 fn lock_key(id: Uuid) -> i64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in b"collect-connect:".iter().chain(id.as_bytes()) {

@@ -1,0 +1,401 @@
+//! Operators' tools: `collect status` and `collect replay`.
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use collect_connect::offsets::{Position, Positions};
+use collect_connect::store::{Integration, IntegrationStore};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::{Db, parse_key_value, store};
+
+/// Where the events are (no registry needed).
+#[derive(clap::Args)]
+pub struct Topics {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "COLLECT_KAFKA_BROKERS")]
+    brokers: String,
+    /// Topic of response events.
+    #[arg(
+        long,
+        env = "COLLECT_RESPONSES_TOPIC",
+        default_value = "collect.responses"
+    )]
+    responses_topic: String,
+    /// Topic of form events.
+    #[arg(long, env = "COLLECT_FORMS_TOPIC", default_value = "collect.forms")]
+    forms_topic: String,
+    /// Extra librdkafka setting, KEY=VALUE (repeatable).
+    #[arg(long = "kafka-option", value_parser = parse_key_value)]
+    kafka_options: Vec<(String, String)>,
+}
+
+/// Options of `collect status`.
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    db: Db,
+    #[command(flatten)]
+    topics: Topics,
+    /// Replication slot of the reader.
+    #[arg(long, env = "COLLECT_CDC_SLOT", default_value = "collect")]
+    slot: String,
+    /// The reader's metrics address, for its state (`/status`); without it, the state is
+    /// read from Postgres only.
+    #[arg(long, env = "COLLECT_CDC_URL")]
+    cdc_url: Option<String>,
+    /// Dead-letter topics whose records are counted.
+    #[arg(
+        long = "dead-letter-topic",
+        default_values_t = ["collect.cdc.dlq".to_string(), "collect.connect.dlq".to_string()]
+    )]
+    dead_letter_topics: Vec<String>,
+    /// Print JSON (for scripts) instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Options of `collect replay`.
+#[derive(clap::Args)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    db: Db,
+    #[command(flatten)]
+    topics: Topics,
+    /// The integration to replay.
+    #[arg(long)]
+    integration: Uuid,
+    /// Longest wait for the integration's worker to stop, and for progress between two
+    /// looks, in seconds.
+    #[arg(long, default_value_t = 120)]
+    wait_secs: u64,
+    /// Return once the offsets are rewound, without following the progress.
+    #[arg(long)]
+    no_follow: bool,
+}
+
+fn positions(t: &Topics, i: &Integration) -> Result<Positions> {
+    Positions::new(
+        &t.brokers,
+        &t.kafka_options,
+        &[&t.responses_topic, &t.forms_topic],
+        i.id,
+        i.form_id,
+    )
+    .map_err(anyhow::Error::msg)
+}
+
+async fn read_positions(t: &Topics, i: &Integration) -> Result<Vec<Position>> {
+    let p = positions(t, i)?;
+    tokio::task::spawn_blocking(move || p.read())
+        .await?
+        .map_err(anyhow::Error::msg)
+}
+
+/// Records in each of `topics` (all partitions), from the watermarks.
+fn count_records(t: &Topics, topics: &[String]) -> Result<Vec<(String, Option<i64>)>> {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &t.brokers);
+    for (k, v) in &t.kafka_options {
+        config.set(k, v);
+    }
+    let consumer: BaseConsumer = config.create()?;
+    let mut out = Vec::new();
+    for topic in topics {
+        let meta = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        let partitions: Vec<i32> = meta
+            .topics()
+            .first()
+            .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+            .unwrap_or_default();
+        if partitions.is_empty() {
+            out.push((topic.clone(), None));
+            continue;
+        }
+        let mut n = 0;
+        for p in partitions {
+            let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
+            n += (high - low).max(0);
+        }
+        out.push((topic.clone(), Some(n)));
+    }
+    Ok(out)
+}
+
+fn bytes(n: i64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < units.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+/// `collect status`.
+pub async fn status(a: StatusArgs) -> Result<()> {
+    let store = store(&a.db, 2).await?;
+    let c = store.pool().get().await?;
+    let slot = c
+        .query_opt(
+            "SELECT active, confirmed_flush_lsn::text, \
+             pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint, wal_status \
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&a.slot],
+        )
+        .await
+        .context("reading pg_replication_slots")?;
+    let snapshot = c
+        .query_opt(
+            "SELECT completed_at IS NOT NULL, rows_done FROM cdc_snapshots WHERE slot_name = $1",
+            &[&a.slot],
+        )
+        .await?;
+    let slot_json = match &slot {
+        Some(r) => json!({
+            "name": a.slot,
+            "active": r.get::<_, bool>(0),
+            "confirmed_flush_lsn": r.get::<_, Option<String>>(1),
+            "lag_bytes": r.get::<_, Option<i64>>(2),
+            "wal_status": r.get::<_, Option<String>>(3),
+            "snapshot": snapshot.as_ref().map(|s| json!({"done": s.get::<_, bool>(0), "rows": s.get::<_, i64>(1)})),
+        }),
+        None => json!({"name": a.slot, "exists": false}),
+    };
+    let reader = match &a.cdc_url {
+        Some(url) => match reqwest::get(format!("{}/status", url.trim_end_matches('/'))).await {
+            Ok(r) => r.json::<Value>().await.unwrap_or(Value::Null),
+            Err(e) => json!({"error": e.to_string()}),
+        },
+        None => Value::Null,
+    };
+    let integrations = IntegrationStore::new(store.pool().clone()).all().await?;
+    let mut rows = Vec::new();
+    for i in &integrations {
+        let pos = read_positions(&a.topics, i).await;
+        let (lag, pos_json) = match &pos {
+            Ok(p) => (json!(p.iter().map(Position::lag).sum::<i64>()), json!(p)),
+            Err(e) => (Value::Null, json!({"error": e.to_string()})),
+        };
+        rows.push(json!({
+            "id": i.id, "name": i.name, "kind": i.kind, "form_id": i.form_id,
+            "status": i.status, "status_reason": i.status_reason,
+            "lag": lag, "positions": pos_json,
+        }));
+    }
+    let topics = a.dead_letter_topics.clone();
+    let t = Topics {
+        brokers: a.topics.brokers.clone(),
+        responses_topic: String::new(),
+        forms_topic: String::new(),
+        kafka_options: a.topics.kafka_options.clone(),
+    };
+    let dead = tokio::task::spawn_blocking(move || count_records(&t, &topics)).await??;
+    let dead_json: serde_json::Map<String, Value> =
+        dead.iter().map(|(t, n)| (t.clone(), json!(n))).collect();
+    let out = json!({
+        "slot": slot_json,
+        "reader": reader,
+        "integrations": rows,
+        "dead_letters": dead_json,
+    });
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("reader");
+    match &slot {
+        Some(r) => println!(
+            "  slot {}: {}, lag {}, confirmed {}{}",
+            a.slot,
+            if r.get::<_, bool>(0) {
+                "active"
+            } else {
+                "inactive"
+            },
+            r.get::<_, Option<i64>>(2)
+                .map(bytes)
+                .unwrap_or_else(|| "-".into()),
+            r.get::<_, Option<String>>(1).unwrap_or_else(|| "-".into()),
+            match &snapshot {
+                Some(s) if s.get::<_, bool>(0) => String::new(),
+                Some(s) => format!(", snapshot running ({} rows)", s.get::<_, i64>(1)),
+                None => ", no snapshot yet".into(),
+            }
+        ),
+        None => println!("  slot {}: does not exist (the reader never ran)", a.slot),
+    }
+    if !reader.is_null() {
+        println!(
+            "  state: {}",
+            reader["state"].as_str().unwrap_or(&reader.to_string())
+        );
+    }
+    println!("integrations ({})", integrations.len());
+    for r in &rows {
+        println!(
+            "  {} {:<8} {:<7} form {} lag {}{}{}",
+            r["id"].as_str().unwrap_or_default(),
+            r["kind"].as_str().unwrap_or_default(),
+            r["status"].as_str().unwrap_or_default(),
+            r["form_id"].as_str().unwrap_or_default(),
+            r["lag"],
+            r["name"]
+                .as_str()
+                .map(|n| format!(" \"{n}\""))
+                .unwrap_or_default(),
+            r["status_reason"]
+                .as_str()
+                .map(|s| format!(": {s}"))
+                .unwrap_or_default(),
+        );
+    }
+    println!("dead letters");
+    for (t, n) in &dead {
+        match n {
+            Some(n) => println!("  {t}: {n}"),
+            None => println!("  {t}: no such topic"),
+        }
+    }
+    Ok(())
+}
+
+/// `collect replay`: the integration reads its form's partitions again from the oldest
+/// record the topics hold. Its sink is idempotent, so what it already wrote is rewritten
+/// in place (Sheets) or skipped (SMS); what it lacks arrives. Live events follow the
+/// replayed ones in the same consumer, so there is no gap between the two.
+pub async fn replay(a: ReplayArgs) -> Result<()> {
+    let store = store(&a.db, 2).await?;
+    let integrations = IntegrationStore::new(store.pool().clone());
+    let i = integrations
+        .all()
+        .await?
+        .into_iter()
+        .find(|i| i.id == a.integration)
+        .with_context(|| format!("no integration {}", a.integration))?;
+    let was_active = i.status == "active";
+    let wait = Duration::from_secs(a.wait_secs.max(1));
+    if was_active {
+        integrations
+            .set_status(i.id, "paused", Some("paused for a replay"))
+            .await?;
+    }
+    // Hold the integration's lease while rewinding: once we have it, no worker runs it.
+    let c = store.pool().get().await?;
+    let key = collect_connect::supervisor::lease_key(i.id);
+    let deadline = Instant::now() + wait;
+    loop {
+        let got: bool = c
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+            .await?
+            .get(0);
+        if got {
+            break;
+        }
+        if Instant::now() > deadline {
+            if was_active {
+                integrations.set_status(i.id, "active", None).await?;
+            }
+            bail!(
+                "integration {} is still running somewhere after {wait:?}; nothing changed",
+                i.id
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let p = positions(&a.topics, &i)?;
+    let rewound = tokio::task::spawn_blocking(move || p.rewind()).await?;
+    c.execute("SELECT pg_advisory_unlock($1)", &[&key]).await?;
+    if was_active {
+        integrations.set_status(i.id, "active", None).await?;
+    }
+    let rewound = rewound.map_err(anyhow::Error::msg)?;
+    let target: i64 = rewound.iter().map(|p| p.high - p.low).sum();
+    eprintln!(
+        "replaying integration {} ({}): {} records in its partitions",
+        i.id, i.kind, target
+    );
+    if a.no_follow || !was_active {
+        println!(
+            "{}",
+            json!({"integration": i.id, "rewound": rewound, "records": target, "followed": false})
+        );
+        return Ok(());
+    }
+    // Follow: the committed offsets move towards the ends as of the rewind.
+    let ends: Vec<(String, i32, i64)> = rewound
+        .iter()
+        .map(|p| (p.topic.clone(), p.partition, p.high))
+        .collect();
+    let started = Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    let mut last_progress = (0, Instant::now());
+    let mut last_print = Instant::now() - Duration::from_secs(10);
+    loop {
+        let now = read_positions(&a.topics, &i).await?;
+        let done: i64 = now
+            .iter()
+            .map(|p| {
+                let end = ends
+                    .iter()
+                    .find(|(t, n, _)| *t == p.topic && *n == p.partition)
+                    .map(|e| e.2)
+                    .unwrap_or(p.high);
+                (p.committed.unwrap_or(p.low).min(end) - p.low).max(0)
+            })
+            .sum();
+        let finished = done >= target;
+        if finished || tty || last_print.elapsed() >= Duration::from_secs(2) {
+            let rate = done as f64 / started.elapsed().as_secs_f64().max(0.001);
+            let share = if target == 0 {
+                1.0
+            } else {
+                done as f64 / target as f64
+            };
+            let width = 30;
+            let filled = ((share * width as f64) as usize).min(width);
+            let line = format!(
+                "[{}{}] {:>3.0}% {done}/{target} records, {rate:.0}/s",
+                "#".repeat(filled),
+                ".".repeat(width - filled),
+                share * 100.0
+            );
+            if tty {
+                eprint!("\r{line}");
+            } else {
+                eprintln!("{line}");
+            }
+            let _ = std::io::stderr().flush();
+            last_print = Instant::now();
+        }
+        if finished {
+            if tty {
+                eprintln!();
+            }
+            break;
+        }
+        if done > last_progress.0 {
+            last_progress = (done, Instant::now());
+        } else if last_progress.1.elapsed() > wait {
+            bail!(
+                "no progress for {wait:?} at {done} of {target} records; is `collect connect` running and the integration active?"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!(
+        "{}",
+        json!({"integration": i.id, "records": target, "followed": true,
+               "seconds": started.elapsed().as_secs_f64()})
+    );
+    Ok(())
+}
