@@ -126,6 +126,18 @@ impl Ledger {
         Ok(())
     }
 
+    /// Forgets a refusal for good, so that a re-driven event is tried again.
+    pub async fn forget_failure(&self, response: Uuid) -> Result<(), SinkError> {
+        let c = self.pool.get().await.map_err(db)?;
+        c.execute(
+            "DELETE FROM sms_ledger WHERE integration_id = $1 AND response_id = $2 AND state = 'failed'",
+            &[&self.integration, &response],
+        )
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
     /// Forgets a claim whose send was refused before anything happened (rate limited).
     pub async fn release(&self, response: Uuid) -> Result<(), SinkError> {
         let c = self.pool.get().await.map_err(db)?;

@@ -193,6 +193,7 @@ impl<P: Provider> SmsSink<P> {
         ctx: &SinkContext,
         ledger: &Ledger,
         r: &ResponseEvent,
+        redriven: bool,
     ) -> Result<Step, SinkError> {
         let Ok(id) = Uuid::parse_str(&r.response_id) else {
             return Ok(Step::Reject(format!(
@@ -206,6 +207,11 @@ impl<P: Provider> SmsSink<P> {
         if let Some(e) = ledger.get(id).await? {
             return match e.state.as_str() {
                 "sent" => Ok(Step::Done),
+                // An operator re-drives it after a fix: try again from the start.
+                "failed" if redriven => {
+                    ledger.forget_failure(id).await?;
+                    Box::pin(self.one(ctx, ledger, r, false)).await
+                }
                 "failed" => Ok(Step::Reject(e.error.unwrap_or_default())),
                 _ => self.reconcile(ctx, ledger, id, &e).await,
             };
@@ -224,7 +230,7 @@ impl<P: Provider> SmsSink<P> {
         };
         if !ledger.claim(id, &m.to, &m.body).await? {
             // Claimed meanwhile (another worker after a lease moved): decide from its entry.
-            return Box::pin(self.one(ctx, ledger, r)).await;
+            return Box::pin(self.one(ctx, ledger, r, redriven)).await;
         }
         self.send(ctx, ledger, id, &m).await
     }
@@ -250,7 +256,7 @@ impl<P: Provider> Sink for SmsSink<P> {
                 // What was sent is in the ledger; the rest of the batch comes again.
                 return Err(SinkError::retryable("stopping in the middle of a batch"));
             }
-            if let Step::Reject(reason) = self.one(ctx, &ledger, r).await? {
+            if let Step::Reject(reason) = self.one(ctx, &ledger, r, d.redriven).await? {
                 outcome.rejected.push((i, reason));
             }
         }

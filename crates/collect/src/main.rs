@@ -34,6 +34,7 @@ enum LogFormat {
 
 mod cdc;
 mod connect;
+mod dead_letters;
 mod emulate;
 mod kinds;
 mod ops;
@@ -112,6 +113,11 @@ enum Command {
     /// Make an integration read its form's events again from the oldest the topics hold
     /// (backfill a new sheet), following its progress.
     Replay(Box<ops::ReplayArgs>),
+    /// List the events connectors could not write, and re-drive them after a fix.
+    DeadLetters {
+        #[command(subcommand)]
+        command: dead_letters::DeadLettersCommand,
+    },
     /// Run an emulator of a third party.
     Emulate {
         #[command(subcommand)]
@@ -259,6 +265,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Integrations { command } => connect::integrations(command).await,
         Command::Emulate { command } => emulate::run(command).await,
         Command::Status(args) => ops::status(*args).await,
+        Command::DeadLetters { command } => dead_letters::run(command).await,
         Command::Replay(args) => ops::replay(*args).await,
         Command::Migrate { db } => migrate(&db).await,
         Command::Org {

@@ -741,3 +741,187 @@ async fn a_new_sheet_gets_every_past_response_once_by_replay_while_new_ones_arri
     connect.kill9();
     cdc.kill9();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_and_redriven_after_a_fix() {
+    let e = env(json!({"title": "Reminders", "questions": [
+        {"label": "Name", "type": "text", "alias": "name", "required": true},
+        {"label": "Mobile", "type": "phone", "alias": "phone"}
+    ]}))
+    .await;
+    let broker = collect_testkit::shared_broker().await.unwrap();
+    let brokers = broker.bootstrap();
+    let texts = Texts::start().await;
+    for n in ["+4790000001", "+4790000002"] {
+        let r = texts
+            .http
+            .post(format!("{}/emulator/opt-outs", texts.base))
+            .json(&json!({"number": n}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+    let cdc = reader(&e, &brokers);
+    cdc.wait("/status", |v| v["state"] == "streaming").await;
+    let connect = connector(&e, &brokers);
+    connect.wait("/readyz", |_| true).await;
+    let created: Value = e
+        .http
+        .post(format!("{}/v1/integrations", connect.url()))
+        .bearer_auth(&e.key)
+        .json(&json!({
+            "kind": "sms", "form_id": e.form_id(), "name": "reminders",
+            "config": {"api_base_url": texts.base, "from": "+15005550006",
+                       "to": {"question": "phone"},
+                       "template": "See you soon, {{name}}. Ref {{response_id}}",
+                       "rates": {"per_sender_per_second": 50}},
+            "credentials": {"account_sid": texts.account["account_sid"],
+                            "auth_token": texts.account["auth_token"]}
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    let mut good = Vec::new();
+    for i in 0..4 {
+        good.push(
+            e.submit(json!({"name": format!("g{i}"), "phone": format!("+4791{i:06}")}))
+                .await,
+        );
+    }
+    let opted = [
+        e.submit(json!({"name": "o1", "phone": "+4790000001"}))
+            .await,
+        e.submit(json!({"name": "o2", "phone": "+4790000002"}))
+            .await,
+    ];
+    let no_phone = e.submit(json!({"name": "nobody"})).await;
+
+    // Listed, with their reasons.
+    let list = |extra: &[&str]| {
+        let mut args = vec![
+            "dead-letters",
+            "list",
+            "--integration",
+            id.as_str(),
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = collect(&e, &brokers, &args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let letters = loop {
+        let letters = list(&[]);
+        if letters.len() >= 3 {
+            break letters;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{letters:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(letters.len(), 3, "{letters:?}");
+    let by_key: BTreeMap<&str, &str> = letters
+        .iter()
+        .map(|l| (l["key"].as_str().unwrap(), l["reason"].as_str().unwrap()))
+        .collect();
+    assert!(by_key[opted[0].as_str()].contains("21610"), "{by_key:?}");
+    assert!(
+        by_key[no_phone.as_str()].contains("not answered"),
+        "{by_key:?}"
+    );
+    assert!(letters.iter().all(|l| l["form"] == e.form_id()));
+    assert_eq!(
+        list(&["--form", &uuid::Uuid::now_v7().to_string()]).len(),
+        0
+    );
+    let texted = texts.per_response().await;
+    assert!(good.iter().all(|g| texted.get(g) == Some(&1)));
+    assert!(!texted.contains_key(&opted[0]));
+
+    // Bad input changes nothing.
+    for args in [
+        vec!["dead-letters", "redrive", "--integration", id.as_str()],
+        vec!["dead-letters", "redrive", "--all"],
+        vec![
+            "dead-letters",
+            "redrive",
+            "--integration",
+            id.as_str(),
+            "--at",
+            "x",
+        ],
+    ] {
+        let mut full = args.clone();
+        full.extend(["--secret-key", SECRET]);
+        let out = collect(&e, &brokers, &full);
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(!String::from_utf8_lossy(&out.stderr).is_empty());
+    }
+    assert_eq!(texts.per_response().await.len(), 4);
+
+    // The recipients opt back in; all dead letters are re-driven: two are sent, the one
+    // without a number is still refused.
+    for n in ["+4790000001", "+4790000002"] {
+        let r = texts
+            .http
+            .delete(format!("{}/emulator/opt-outs/{n}", texts.base))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+    let redrive = || {
+        let out = collect(
+            &e,
+            &brokers,
+            &[
+                "dead-letters",
+                "redrive",
+                "--integration",
+                id.as_str(),
+                "--all",
+                "--secret-key",
+                SECRET,
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let report = redrive();
+    assert_eq!(
+        (report["redriven"].as_u64(), report["written"].as_u64()),
+        (Some(3), Some(2)),
+        "{report}"
+    );
+    assert!(
+        report["still_failing"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not answered")
+    );
+    let texted = texts.per_response().await;
+    assert_eq!(texted.get(&opted[0]), Some(&1));
+    assert_eq!(texted.get(&opted[1]), Some(&1));
+    // Re-driving again sends nothing twice.
+    redrive();
+    let again = texts.per_response().await;
+    assert_eq!(again, texted);
+    connect.kill9();
+    cdc.kill9();
+}

@@ -25,6 +25,8 @@ pub struct DeadLetter<'a> {
     pub key: Option<&'a [u8]>,
     /// The original value, untouched.
     pub value: &'a [u8],
+    /// The form of the event, when it could be decoded.
+    pub form: Option<&'a str>,
 }
 
 /// Creates the dead-letter topic if it does not exist (30 days of retention).
@@ -94,7 +96,14 @@ impl DeadLetters {
     pub async fn send(&self, d: DeadLetter<'_>) -> Result<(), String> {
         let partition = d.partition.to_string();
         let offset = d.offset.to_string();
-        let headers = OwnedHeaders::new()
+        let mut headers = OwnedHeaders::new();
+        if let Some(form) = d.form {
+            headers = headers.insert(Header {
+                key: "collect.form",
+                value: Some(form),
+            });
+        }
+        let headers = headers
             .insert(Header {
                 key: "collect.integration",
                 value: Some(d.integration),

@@ -95,6 +95,50 @@ pub trait Kinds: Send + Sync + 'static {
         credentials: Option<&Value>,
         job: Job,
     ) -> Result<BoxFuture<'static, WorkerExit>, KindError>;
+
+    /// Builds the sink of kind `kind` and writes `batch` with it once (after `start`): the
+    /// re-drive of dead letters by an operator.
+    fn redrive(
+        &self,
+        kind: &str,
+        config: &Value,
+        credentials: Option<&Value>,
+        batch: Vec<crate::sink::Delivery>,
+        ctx: crate::sink::SinkContext,
+    ) -> Result<
+        BoxFuture<'static, Result<crate::sink::BatchOutcome, crate::sink::SinkError>>,
+        KindError,
+    >;
+}
+
+/// Starts `sink` and writes `batch` with it, retrying retryable errors a few times.
+pub async fn write_once<S: Sink>(
+    mut sink: S,
+    batch: Vec<crate::sink::Delivery>,
+    ctx: crate::sink::SinkContext,
+) -> Result<crate::sink::BatchOutcome, crate::sink::SinkError> {
+    let policy = crate::retry::RetryPolicy {
+        max_attempts: 6,
+        ..crate::retry::RetryPolicy::default()
+    };
+    let mut attempt = 0;
+    loop {
+        let result = match sink.start(&ctx).await {
+            Ok(()) => sink.write(&batch, &ctx).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Err(crate::sink::SinkError::Retryable {
+                message,
+                retry_after,
+            }) if attempt + 1 < policy.max_attempts => {
+                tracing::warn!(error = message, "re-drive failed; retrying");
+                tokio::time::sleep(policy.backoff(attempt, retry_after)).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Declares the installed kinds: `kinds!(pub Installed { crate_a::KindA, crate_b::KindB });`
@@ -135,6 +179,23 @@ macro_rules! kinds {
                     if kind == <$kind as $crate::kind::Kind>::NAME {
                         let sink = <$kind as $crate::kind::Kind>::build(config, credentials)?;
                         return Ok(Box::pin($crate::worker::run(sink, <$kind as $crate::kind::Kind>::NAME, job)));
+                    }
+                )*
+                Err($crate::kind::KindError::Unknown(kind.to_string()))
+            }
+
+            fn redrive(
+                &self,
+                kind: &str,
+                config: &$crate::serde_json::Value,
+                credentials: Option<&$crate::serde_json::Value>,
+                batch: Vec<$crate::sink::Delivery>,
+                ctx: $crate::sink::SinkContext,
+            ) -> Result<$crate::BoxFuture<'static, Result<$crate::sink::BatchOutcome, $crate::sink::SinkError>>, $crate::kind::KindError> {
+                $(
+                    if kind == <$kind as $crate::kind::Kind>::NAME {
+                        let sink = <$kind as $crate::kind::Kind>::build(config, credentials)?;
+                        return Ok(Box::pin($crate::kind::write_once(sink, batch, ctx)));
                     }
                 )*
                 Err($crate::kind::KindError::Unknown(kind.to_string()))

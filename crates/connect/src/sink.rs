@@ -33,6 +33,9 @@ pub struct Delivery {
     pub partition: i32,
     /// Source offset.
     pub offset: i64,
+    /// Re-driven from the dead-letter topic by an operator (after a fix): a sink that
+    /// remembers permanent refusals (the SMS ledger) tries again instead of refusing.
+    pub redriven: bool,
 }
 
 /// Why a write did not happen.

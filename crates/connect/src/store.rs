@@ -13,6 +13,13 @@ use uuid::Uuid;
 /// configuration or new credentials.
 pub const OPERATOR_PAUSE: &str = "paused by an operator";
 
+impl Integration {
+    /// The sealed credentials (open them with [`crate::crypto::Sealer::open`]).
+    pub fn sealed_credentials(&self) -> Option<&Vec<u8>> {
+        self.sealed.as_ref()
+    }
+}
+
 /// Errors of the integration store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

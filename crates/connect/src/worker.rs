@@ -349,6 +349,7 @@ async fn work<S: Sink>(
                             topic: topic.clone(),
                             partition,
                             offset,
+                            redriven: false,
                         },
                         key,
                         value,
@@ -367,6 +368,7 @@ async fn work<S: Sink>(
                             offset,
                             key: key.as_deref(),
                             value: &value,
+                            form: None,
                         })
                         .await?;
                     m.dead_letters.with_label_values(&labels).inc();
@@ -419,6 +421,7 @@ async fn work<S: Sink>(
                         offset: d.offset,
                         key: r.key.as_deref(),
                         value: &r.value,
+                        form: Some(&form_id),
                     })
                     .await?;
                 m.dead_letters.with_label_values(&labels).inc();

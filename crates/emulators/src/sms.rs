@@ -15,7 +15,7 @@
 //! per second, and account-wide per second). Accepted messages go `queued`, then `sent` and
 //! `delivered`, each change POSTed to the `StatusCallback` URL.
 //!
-//! Admin (`/emulator/...`): create accounts, opt numbers out, set the rate limits, inject
+//! Admin (`/emulator/...`): create accounts, opt numbers out (and back in), set the rate limits, inject
 //! latency, 5xx, 429 storms and connections dropped after the message was accepted (the
 //! ambiguous case a sender must reconcile), read statistics and every message.
 
@@ -592,6 +592,18 @@ async fn admin_opt_out(State(e): State<Emulator>, axum::Json(b): axum::Json<OptO
     axum::Json(json!({"opted_out": b.number})).into_response()
 }
 
+async fn admin_opt_in(State(e): State<Emulator>, Path(number): Path<String>) -> Response {
+    if e.lock().opted_out.remove(&number) {
+        axum::Json(json!({"opted_in": number})).into_response()
+    } else {
+        (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({"error": "that number has not opted out"})),
+        )
+            .into_response()
+    }
+}
+
 fn bad(message: &str) -> Response {
     (
         StatusCode::BAD_REQUEST,
@@ -640,6 +652,10 @@ pub fn router(emulator: Emulator) -> Router {
         .route("/2010-04-01/Accounts/{account}/Messages/{sid}", get(fetch))
         .route("/emulator/accounts", post(admin_account))
         .route("/emulator/opt-outs", post(admin_opt_out))
+        .route(
+            "/emulator/opt-outs/{number}",
+            axum::routing::delete(admin_opt_in),
+        )
         .route("/emulator/faults", put(admin_faults))
         .route("/emulator/limits", put(admin_limits))
         .route("/emulator/stats", get(admin_stats))
