@@ -17,6 +17,8 @@ pub mod metrics;
 pub mod row;
 mod session;
 mod snapshot;
+
+pub use snapshot::snapshot_form;
 pub mod tracker;
 
 use std::sync::Arc;

@@ -118,6 +118,9 @@ enum Command {
         #[command(subcommand)]
         command: dead_letters::DeadLettersCommand,
     },
+    /// Re-emit a form's current state from Postgres (when the topics no longer hold what a
+    /// new integration needs).
+    Snapshot(Box<ops::SnapshotArgs>),
     /// Run an emulator of a third party.
     Emulate {
         #[command(subcommand)]
@@ -267,6 +270,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Status(args) => ops::status(*args).await,
         Command::DeadLetters { command } => dead_letters::run(command).await,
         Command::Replay(args) => ops::replay(*args).await,
+        Command::Snapshot(args) => ops::snapshot(*args).await,
         Command::Migrate { db } => migrate(&db).await,
         Command::Org {
             command: OrgCommand::Create { db, name },

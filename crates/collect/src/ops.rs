@@ -59,6 +59,100 @@ pub struct StatusArgs {
     json: bool,
 }
 
+/// Options of `collect snapshot`.
+#[derive(clap::Args)]
+pub struct SnapshotArgs {
+    #[command(flatten)]
+    db: Db,
+    #[command(flatten)]
+    pipeline: crate::Pipeline,
+    /// The form to re-emit.
+    #[arg(long)]
+    form: Uuid,
+    /// Topic of changes that cannot become events.
+    #[arg(
+        long,
+        env = "COLLECT_CDC_DEAD_LETTER_TOPIC",
+        default_value = "collect.cdc.dlq"
+    )]
+    dead_letter_topic: String,
+    /// Rows per chunk.
+    #[arg(long, default_value_t = 1000)]
+    chunk: i64,
+    /// Compression of the records (as the reader's `--compression`).
+    #[arg(long, env = "COLLECT_KAFKA_COMPRESSION", default_value = "lz4")]
+    compression: String,
+    /// Extra librdkafka producer setting, KEY=VALUE (repeatable).
+    #[arg(long = "kafka-option", value_parser = parse_key_value)]
+    kafka_options: Vec<(String, String)>,
+}
+
+/// `collect snapshot --form F`: the form's current responses, re-emitted from Postgres.
+pub async fn snapshot(a: SnapshotArgs) -> Result<()> {
+    if a.chunk < 1 {
+        bail!("--chunk must be at least 1");
+    }
+    let kafka = collect_cdc::kafka::KafkaSettings {
+        brokers: a.pipeline.brokers.clone(),
+        responses_topic: a.pipeline.responses_topic.clone(),
+        forms_topic: a.pipeline.forms_topic.clone(),
+        dead_letter_topic: a.dead_letter_topic.clone(),
+        partitions: 12,
+        replication_factor: -1,
+        message_timeout: Duration::from_secs(300),
+        max_queued: 100_000,
+        compression: a.compression.clone(),
+        extra: a.kafka_options.clone(),
+    };
+    let started = Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    let mut last = Instant::now() - Duration::from_secs(10);
+    let rows = collect_cdc::snapshot_form(
+        &a.db.database_url,
+        &kafka,
+        &a.pipeline.registry_url,
+        a.form,
+        a.chunk,
+        |done, total| {
+            if done >= total || tty || last.elapsed() >= Duration::from_secs(2) {
+                let line = bar(done as i64, total as i64, started);
+                if tty {
+                    eprint!("\r{line}");
+                } else {
+                    eprintln!("{line}");
+                }
+                last = Instant::now();
+            }
+        },
+    )
+    .await?;
+    if tty {
+        eprintln!();
+    }
+    println!(
+        "{}",
+        json!({"form": a.form, "rows": rows, "seconds": started.elapsed().as_secs_f64()})
+    );
+    Ok(())
+}
+
+fn bar(done: i64, target: i64, started: Instant) -> String {
+    let rate = done as f64 / started.elapsed().as_secs_f64().max(0.001);
+    let share = if target == 0 {
+        1.0
+    } else {
+        done as f64 / target as f64
+    };
+    let width = 30;
+    let filled = ((share * width as f64) as usize).min(width);
+    format!(
+        "[{}{}] {:>3.0}% {done}/{target} records, {rate:.0}/s",
+        "#".repeat(filled),
+        ".".repeat(width - filled),
+        share * 100.0
+    )
+}
+
 /// Options of `collect replay`.
 #[derive(clap::Args)]
 pub struct ReplayArgs {
@@ -355,20 +449,7 @@ pub async fn replay(a: ReplayArgs) -> Result<()> {
             .sum();
         let finished = done >= target;
         if finished || tty || last_print.elapsed() >= Duration::from_secs(2) {
-            let rate = done as f64 / started.elapsed().as_secs_f64().max(0.001);
-            let share = if target == 0 {
-                1.0
-            } else {
-                done as f64 / target as f64
-            };
-            let width = 30;
-            let filled = ((share * width as f64) as usize).min(width);
-            let line = format!(
-                "[{}{}] {:>3.0}% {done}/{target} records, {rate:.0}/s",
-                "#".repeat(filled),
-                ".".repeat(width - filled),
-                share * 100.0
-            );
+            let line = bar(done, target, started);
             if tty {
                 eprint!("\r{line}");
             } else {

@@ -925,3 +925,142 @@ async fn dead_letters_are_listed_and_redriven_after_a_fix() {
     connect.kill9();
     cdc.kill9();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_of_a_form_refills_a_sheet_when_the_topics_lost_its_responses() {
+    let e = env(json!({"title": "Archive", "questions": [
+        {"label": "Name", "type": "text", "alias": "name", "required": true}
+    ]}))
+    .await;
+    let broker = collect_testkit::shared_broker().await.unwrap();
+    let brokers = broker.bootstrap();
+    let ids: BTreeSet<String> = load(&e, "old", 300, Duration::ZERO)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    // Topics that hold none of them, as if retention had dropped everything.
+    let (responses, forms) = (e.topic("fresh.responses"), e.topic("fresh.forms"));
+    broker.create_topic(&responses, 3).unwrap();
+    broker.create_topic(&forms, 3).unwrap();
+    let mut vars = e.process_env(&brokers);
+    for (k, v) in vars.iter_mut() {
+        if k == "COLLECT_RESPONSES_TOPIC" {
+            *v = responses.clone();
+        }
+        if k == "COLLECT_FORMS_TOPIC" {
+            *v = forms.clone();
+        }
+    }
+    let snapshot = |vars: &[(String, String)]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_collect"))
+            .args([
+                "snapshot",
+                "--form",
+                e.form_id(),
+                "--chunk",
+                "64",
+                "--compression",
+                "none",
+            ])
+            .envs(vars.iter().cloned())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stderr).contains("100%"));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let report = snapshot(&vars);
+    assert_eq!(
+        report["rows"], 302,
+        "the form, its question, its 300 responses: {report}"
+    );
+
+    let google = Google::start().await;
+    let gs = google.sheet().await;
+    let mut cvars = vars.clone();
+    cvars.push(("COLLECT_SECRET_KEY".into(), SECRET.into()));
+    let connect = Proc::start(
+        &["connect", "--poll-ms", "300", "--batch-max-wait-ms", "200"],
+        &cvars,
+        "COLLECT_CONNECT_LISTEN",
+    );
+    connect.wait("/readyz", |_| true).await;
+    let r = e
+        .http
+        .post(format!("{}/v1/integrations", connect.url()))
+        .bearer_auth(&e.key)
+        .json(&google.integration(&e, &gs))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let rows_by_id = || async {
+        let mut m: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        for r in google
+            .values(&gs.token, &gs.spreadsheet)
+            .await
+            .into_iter()
+            .skip(1)
+        {
+            if let Some(id) = r.first().and_then(Value::as_str) {
+                m.entry(id.to_string())
+                    .or_default()
+                    .push(Value::Array(r.clone()));
+            }
+        }
+        m
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let m = rows_by_id().await;
+        if ids.iter().all(|id| m.contains_key(id)) {
+            assert_eq!(m.len(), ids.len());
+            assert!(m.values().all(|r| r.len() == 1));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {}",
+            m.len(),
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // An edit, then another snapshot: the row changes in place, nothing is added.
+    let edited = ids.iter().next().unwrap().clone();
+    let (s, _) = e
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/v1/forms/{}/responses/{edited}", e.form_id()),
+            Some(json!({"answers": {"name": "renamed"}})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    snapshot(&vars);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = rows_by_id().await;
+        if m[&edited][0][5] == "renamed" {
+            assert_eq!(m[&edited][0][3], "2");
+            assert_eq!(m.len(), ids.len());
+            assert!(m.values().all(|r| r.len() == 1));
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{:?}", m[&edited]);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // A form that does not exist is refused.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_collect"))
+        .args(["snapshot", "--form", &uuid::Uuid::now_v7().to_string()])
+        .envs(vars.iter().cloned())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no form"));
+    connect.kill9();
+}
