@@ -241,43 +241,13 @@ impl Snapshot<'_> {
                 if rows.is_empty() {
                     break;
                 }
-                let mut outstanding = 0u64;
-                let mut last_key = Vec::new();
-                for r in &rows {
-                    let values: Vec<Option<String>> =
-                        (0..spec.columns.len()).map(|i| r.get(i)).collect();
-                    let tuple = TupleData(
-                        values
-                            .iter()
-                            .map(|v| match v {
-                                Some(s) => TupleValue::Text(s.clone().into()),
-                                None => TupleValue::Null,
-                            })
-                            .collect(),
-                    );
-                    last_key = spec
-                        .key
-                        .iter()
-                        .map(|k| {
-                            let i = spec.columns.iter().position(|c| c == k).unwrap_or(0);
-                            values[i].clone().unwrap_or_default()
-                        })
-                        .collect();
-                    let row = Row::new(&relation, &tuple, None);
-                    let pos = Position {
-                        commit_lsn: consistent_point,
-                        commit_ts: started,
-                        xid: 0,
-                        ordinal: 0,
-                    };
-                    let built = assemble(&row, ChangeKind::Snapshot, pos, None);
-                    if let Some(record) =
-                        record_for(out, &row, ChangeKind::Snapshot, pos, built, metrics)
-                    {
-                        send(out, acks, &record, &mut outstanding, metrics).await?;
-                    }
-                }
-                drain(acks, &mut outstanding, metrics).await?;
+                let pos = Position {
+                    commit_lsn: consistent_point,
+                    commit_ts: started,
+                    xid: 0,
+                    ordinal: 0,
+                };
+                let last_key = emit(spec, &relation, &rows, pos, out, acks, metrics).await?;
                 progress[spec.name] = if last_key.len() == 1 {
                     json!(last_key[0])
                 } else {
@@ -381,30 +351,10 @@ pub async fn snapshot_form(
             if rows.is_empty() {
                 break;
             }
-            let id_at = spec.columns.iter().position(|c| *c == "id").unwrap_or(0);
-            let mut outstanding = 0u64;
-            for r in &rows {
-                let values: Vec<Option<String>> =
-                    (0..spec.columns.len()).map(|i| r.get(i)).collect();
-                let tuple = TupleData(
-                    values
-                        .iter()
-                        .map(|v| match v {
-                            Some(s) => TupleValue::Text(s.clone().into()),
-                            None => TupleValue::Null,
-                        })
-                        .collect(),
-                );
-                after = values[id_at].clone();
-                let row = Row::new(&relation, &tuple, None);
-                let built = assemble(&row, ChangeKind::Snapshot, pos, None);
-                if let Some(record) =
-                    record_for(&out, &row, ChangeKind::Snapshot, pos, built, &metrics)
-                {
-                    send(&out, &mut acks, &record, &mut outstanding, &metrics).await?;
-                }
-            }
-            drain(&mut acks, &mut outstanding, &metrics).await?;
+            // The key ends with `id` in every table.
+            after = emit(spec, &relation, &rows, pos, &out, &mut acks, &metrics)
+                .await?
+                .pop();
             emitted += rows.len() as u64;
             progress(emitted, total);
             if (rows.len() as i64) < chunk {
@@ -414,6 +364,48 @@ pub async fn snapshot_form(
     }
     reader.batch_execute("COMMIT").await?;
     Ok(emitted)
+}
+
+/// Emits `rows` of `spec` as snapshot events at `pos` and waits until the broker has
+/// acknowledged them all; returns the last row's key.
+async fn emit(
+    spec: &TableSpec,
+    relation: &Relation,
+    rows: &[tokio_postgres::Row],
+    pos: Position,
+    out: &Output,
+    acks: &mut mpsc::UnboundedReceiver<Ack>,
+    metrics: &Metrics,
+) -> Result<Vec<String>, CdcError> {
+    let mut outstanding = 0u64;
+    let mut last_key = Vec::new();
+    for r in rows {
+        let values: Vec<Option<String>> = (0..spec.columns.len()).map(|i| r.get(i)).collect();
+        let tuple = TupleData(
+            values
+                .iter()
+                .map(|v| match v {
+                    Some(s) => TupleValue::Text(s.clone().into()),
+                    None => TupleValue::Null,
+                })
+                .collect(),
+        );
+        last_key = spec
+            .key
+            .iter()
+            .map(|k| {
+                let i = spec.columns.iter().position(|c| c == k).unwrap_or(0);
+                values[i].clone().unwrap_or_default()
+            })
+            .collect();
+        let row = Row::new(relation, &tuple, None);
+        let built = assemble(&row, ChangeKind::Snapshot, pos, None);
+        if let Some(record) = record_for(out, &row, ChangeKind::Snapshot, pos, built, metrics) {
+            send(out, acks, &record, &mut outstanding, metrics).await?;
+        }
+    }
+    drain(acks, &mut outstanding, metrics).await?;
+    Ok(last_key)
 }
 
 /// Sends one snapshot record, waiting for acknowledgements while the producer queue is full.

@@ -273,16 +273,26 @@ async fn show(
     Ok(axum::Json(view(&s, &s.integrations.get(org, id).await?)))
 }
 
+/// Moves an integration of the organization to `status`.
+async fn set_status(
+    s: &ApiState,
+    org: Uuid,
+    id: &str,
+    status: &str,
+    reason: Option<&str>,
+) -> Result<Integration, ApiErr> {
+    let id = parse_id(id, "integration")?;
+    Ok(s.integrations
+        .set_status_of(org, id, status, reason)
+        .await?)
+}
+
 async fn pause(
     State(s): State<ApiState>,
     Org(org): Org,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiErr> {
-    let id = parse_id(&id, "integration")?;
-    let i = s
-        .integrations
-        .set_status_of(org, id, "paused", Some(crate::store::OPERATOR_PAUSE))
-        .await?;
+    let i = set_status(&s, org, &id, "paused", Some(crate::store::OPERATOR_PAUSE)).await?;
     Ok(axum::Json(view(&s, &i)))
 }
 
@@ -291,11 +301,7 @@ async fn resume(
     Org(org): Org,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiErr> {
-    let id = parse_id(&id, "integration")?;
-    let i = s
-        .integrations
-        .set_status_of(org, id, "active", None)
-        .await?;
+    let i = set_status(&s, org, &id, "active", None).await?;
     Ok(axum::Json(view(&s, &i)))
 }
 
@@ -304,10 +310,7 @@ async fn remove(
     Org(org): Org,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiErr> {
-    let id = parse_id(&id, "integration")?;
-    s.integrations
-        .set_status_of(org, id, "deleted", None)
-        .await?;
+    set_status(&s, org, &id, "deleted", None).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -281,23 +281,33 @@ impl Env {
 
     /// Produces response events to the responses topic, in order, waiting for acks.
     pub async fn produce(&self, events: &[ResponseEvent]) -> Result<(), String> {
-        let topic = &self.shared.settings.responses_topic;
         for e in events {
             let value = response_codec()
                 .encode(self.response_schema_id, e)
                 .map_err(|e| e.to_string())?;
-            self.producer
-                .send(
-                    FutureRecord::to(topic)
-                        .key(&e.response_id)
-                        .payload(&value)
-                        .partition(self.partition()),
-                    Duration::from_secs(30),
-                )
-                .await
-                .map_err(|(e, _)| e.to_string())?;
+            self.send(
+                &self.shared.settings.responses_topic,
+                &e.response_id,
+                &value,
+            )
+            .await?;
         }
         Ok(())
+    }
+
+    /// Sends one record to the form's partition of `topic` and waits for its ack.
+    async fn send(&self, topic: &str, key: &str, value: &[u8]) -> Result<(), String> {
+        self.producer
+            .send(
+                FutureRecord::to(topic)
+                    .key(key)
+                    .payload(value)
+                    .partition(self.partition()),
+                Duration::from_secs(30),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| e.to_string())
     }
 
     /// A question event of the test form.
@@ -338,38 +348,20 @@ impl Env {
 
     /// Produces form events to the forms topic (the form's partition), waiting for acks.
     pub async fn produce_forms(&self, events: &[FormEvent]) -> Result<(), String> {
-        let topic = &self.shared.settings.forms_topic;
         for e in events {
             let value = form_codec()
                 .encode(self.form_schema_id, e)
                 .map_err(|e| e.to_string())?;
-            self.producer
-                .send(
-                    FutureRecord::to(topic)
-                        .key(&e.form_id)
-                        .payload(&value)
-                        .partition(self.partition()),
-                    Duration::from_secs(30),
-                )
-                .await
-                .map_err(|(e, _)| e.to_string())?;
+            self.send(&self.shared.settings.forms_topic, &e.form_id, &value)
+                .await?;
         }
         Ok(())
     }
 
     /// Produces bytes that are not an event into the form's partition.
     pub async fn produce_poison(&self, bytes: &[u8]) -> Result<(), String> {
-        self.producer
-            .send(
-                FutureRecord::to(&self.shared.settings.responses_topic)
-                    .key("poison")
-                    .payload(bytes)
-                    .partition(self.partition()),
-                Duration::from_secs(30),
-            )
+        self.send(&self.shared.settings.responses_topic, "poison", bytes)
             .await
-            .map(|_| ())
-            .map_err(|(e, _)| e.to_string())
     }
 
     /// Reads the dead-letter topic until `n` records are there (or `deadline` passes).
