@@ -10,6 +10,7 @@ usage: stack_sheets_check.py .collect/stack.json [count]
 import json
 import sys
 import time
+import urllib.error
 import urllib.request
 
 
@@ -38,7 +39,12 @@ def main():
 
     deadline = time.monotonic() + 120
     while True:
-        rows = request(demo["values_get"], demo["access_token"]).get("values", [])
+        try:
+            rows = request(demo["values_get"], demo["access_token"]).get("values", [])
+        except urllib.error.HTTPError as e:
+            if e.code != 400:
+                raise
+            rows = []  # the connector has not made the tab yet: Google answers 400 for the range
         by_id = {}
         for row in rows[1:]:
             if row:

@@ -78,9 +78,11 @@ pub struct Config {
     /// The message: text with `{{alias}}` (or `{{question id}}`) placeholders replaced by
     /// answers, and `{{response_id}}`, `{{form_id}}`.
     pub template: String,
-    /// Where the provider posts delivery status (optional).
+    /// The public base URL of `collect connect` (its connect API). When set, the provider
+    /// posts each message's delivery status to `{base}/v1/callbacks/{integration}`, signed
+    /// with the account's auth token, and the ledger keeps it.
     #[serde(default)]
-    pub status_callback_url: Option<String>,
+    pub status_callback_base_url: Option<String>,
     /// Send rates.
     #[serde(default)]
     pub rates: Rates,

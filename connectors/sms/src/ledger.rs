@@ -150,6 +150,30 @@ impl Ledger {
         Ok(())
     }
 
+    /// Records a delivery report for the message `sid`; a final status is not overwritten
+    /// by a late report of an earlier one. Returns whether a message of this integration
+    /// has that id.
+    pub async fn delivery(&self, sid: &str, status: &str) -> Result<bool, String> {
+        let c = self.pool.get().await.map_err(|e| e.to_string())?;
+        let known = c
+            .query_opt(
+                "SELECT 1 FROM sms_ledger WHERE integration_id = $1 AND provider_sid = $2",
+                &[&self.integration, &sid],
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .is_some();
+        c.execute(
+            "UPDATE sms_ledger SET delivery_status = $3, delivery_at = now() \
+             WHERE integration_id = $1 AND provider_sid = $2 \
+             AND (delivery_status IS NULL OR delivery_status NOT IN ('delivered', 'undelivered', 'failed', 'read'))",
+            &[&self.integration, &sid, &status],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        Ok(known)
+    }
+
     /// Provider ids of messages already accounted for to `to` (so that reconciliation does
     /// not attribute one of them to another response).
     pub async fn sids_to(&self, to: &str, since: DateTime<Utc>) -> Result<Vec<String>, SinkError> {

@@ -14,7 +14,7 @@ pub mod provider;
 pub mod sink;
 pub mod template;
 
-use collect_connect::kind::{Kind, KindError, Prepared, decode, encode};
+use collect_connect::kind::{Callback, CallbackError, Kind, KindError, Prepared, decode, encode};
 use collect_model::FieldError;
 use serde_json::Value;
 
@@ -71,6 +71,15 @@ fn check(config: &Config) -> Result<(), KindError> {
     }
     template::Template::parse(&config.template)
         .map_err(|e| field("config.template", "invalid", e))?;
+    if let Some(base) = &config.status_callback_base_url
+        && !(base.starts_with("https://") || base.starts_with("http://"))
+    {
+        return Err(field(
+            "config.status_callback_base_url",
+            "invalid",
+            "status_callback_base_url must be an http(s) URL",
+        ));
+    }
     if config.rates.per_sender_per_second == 0 || config.rates.account_per_second == 0 {
         return Err(field("config.rates", "invalid", "rates must be positive"));
     }
@@ -115,13 +124,54 @@ impl Kind for Sms {
     fn build(config: &Value, credentials: Option<&Value>) -> Result<Self::Sink, KindError> {
         let config: Config = decode("config", config.clone())?;
         let c: Credentials = decode("credentials", credentials.cloned().unwrap_or(Value::Null))?;
-        let provider = Twilio::new(
-            &config.api_base_url,
-            &c.account_sid,
-            &c.auth_token,
-            config.status_callback_url.clone(),
-        )
-        .map_err(|e| field("config", "invalid", e))?;
+        let provider = Twilio::new(&config.api_base_url, &c.account_sid, &c.auth_token)
+            .map_err(|e| field("config", "invalid", e))?;
         SmsSink::new(config, provider).map_err(|e| field("config.template", "invalid", e))
+    }
+
+    /// A delivery report: `MessageSid` and `MessageStatus`, form-encoded, signed by the
+    /// provider (`X-Twilio-Signature`) with the account's auth token over the URL it was
+    /// given and the parameters.
+    async fn callback(
+        config: &Value,
+        credentials: Option<&Value>,
+        call: Callback,
+    ) -> Result<(), CallbackError> {
+        let config: Config = serde_json::from_value(config.clone())
+            .map_err(|e| CallbackError::Unavailable(format!("stored config: {e}")))?;
+        let Some(base) = &config.status_callback_base_url else {
+            return Err(CallbackError::NotSupported);
+        };
+        let c: Credentials = serde_json::from_value(credentials.cloned().unwrap_or(Value::Null))
+            .map_err(|e| CallbackError::Unavailable(format!("stored credentials: {e}")))?;
+        let url = format!("{}{}", base.trim_end_matches('/'), call.path);
+        let params: Vec<(String, String)> = url::form_urlencoded::parse(&call.body)
+            .into_owned()
+            .collect();
+        let signature = call
+            .header("x-twilio-signature")
+            .ok_or_else(|| CallbackError::Unauthenticated("no X-Twilio-Signature".into()))?;
+        if !provider::twilio_signature_ok(&c.auth_token, &url, &params, signature) {
+            return Err(CallbackError::Unauthenticated(
+                "X-Twilio-Signature does not match".into(),
+            ));
+        }
+        let get = |k: &str| {
+            params
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.as_str())
+                .filter(|v| !v.is_empty())
+        };
+        let (Some(sid), Some(status)) = (get("MessageSid"), get("MessageStatus")) else {
+            return Err(CallbackError::Malformed(
+                "MessageSid and MessageStatus are required".into(),
+            ));
+        };
+        ledger::Ledger::new(call.db.clone(), call.integration_id)
+            .delivery(sid, status)
+            .await
+            .map_err(CallbackError::Unavailable)?;
+        Ok(())
     }
 }

@@ -16,6 +16,8 @@ pub struct Outgoing {
     pub from: String,
     /// Text.
     pub body: String,
+    /// Where the provider reports delivery.
+    pub status_callback: Option<String>,
 }
 
 /// What became of a send.
@@ -64,7 +66,6 @@ pub struct Twilio {
     base: String,
     account: String,
     token: String,
-    status_callback: Option<String>,
 }
 
 /// Most pages of the message list read when reconciling one send.
@@ -72,12 +73,7 @@ const MAX_PAGES: usize = 20;
 
 impl Twilio {
     /// A client of the API at `base` (`https://api.twilio.com`).
-    pub fn new(
-        base: &str,
-        account: &str,
-        token: &str,
-        status_callback: Option<String>,
-    ) -> Result<Self, String> {
+    pub fn new(base: &str, account: &str, token: &str) -> Result<Self, String> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(15))
@@ -88,7 +84,6 @@ impl Twilio {
             base: base.trim_end_matches('/').to_string(),
             account: account.to_string(),
             token: token.to_string(),
-            status_callback,
         })
     }
 
@@ -119,7 +114,7 @@ impl Provider for Twilio {
             ("From", m.from.as_str()),
             ("Body", m.body.as_str()),
         ];
-        if let Some(cb) = &self.status_callback {
+        if let Some(cb) = &m.status_callback {
             form.push(("StatusCallback", cb.as_str()));
         }
         let resp = match self
@@ -239,4 +234,76 @@ impl Provider for Twilio {
 
 fn enc(s: &str) -> String {
     s.replace('+', "%2B")
+}
+
+/// Twilio's request signature: HMAC-SHA1 with the auth token over the URL followed by
+/// every POST parameter's name and value, sorted by name; base64.
+pub fn twilio_signature(token: &str, url: &str, params: &[(String, String)]) -> String {
+    use base64::Engine;
+    let mut sorted: Vec<&(String, String)> = params.iter().collect();
+    sorted.sort();
+    let mut data = url.to_string();
+    for (k, v) in sorted {
+        data.push_str(k);
+        data.push_str(v);
+    }
+    let key = aws_lc_rs::hmac::Key::new(
+        aws_lc_rs::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
+        token.as_bytes(),
+    );
+    base64::engine::general_purpose::STANDARD
+        .encode(aws_lc_rs::hmac::sign(&key, data.as_bytes()).as_ref())
+}
+
+/// Whether `signature` is Twilio's signature of the request (compared in constant time).
+pub fn twilio_signature_ok(
+    token: &str,
+    url: &str,
+    params: &[(String, String)],
+    signature: &str,
+) -> bool {
+    use base64::Engine;
+    let Ok(given) = base64::engine::general_purpose::STANDARD.decode(signature.trim()) else {
+        return false;
+    };
+    let expected = twilio_signature(token, url, params);
+    let Ok(expected) = base64::engine::general_purpose::STANDARD.decode(expected) else {
+        return false;
+    };
+    given.len() == expected.len()
+        && given
+            .iter()
+            .zip(&expected)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_cover_the_url_and_every_parameter() {
+        let params = vec![
+            ("MessageStatus".to_string(), "delivered".to_string()),
+            ("MessageSid".to_string(), "SM1".to_string()),
+        ];
+        let url = "https://collect.example.com/v1/callbacks/x";
+        let sig = twilio_signature("token", url, &params);
+        assert!(twilio_signature_ok("token", url, &params, &sig));
+        // Parameter order does not matter; the URL, a value and the token do.
+        let reversed: Vec<_> = params.iter().rev().cloned().collect();
+        assert!(twilio_signature_ok("token", url, &reversed, &sig));
+        assert!(!twilio_signature_ok(
+            "token",
+            &format!("{url}?a=1"),
+            &params,
+            &sig
+        ));
+        let mut changed = params.clone();
+        changed[0].1 = "undelivered".into();
+        assert!(!twilio_signature_ok("token", url, &changed, &sig));
+        assert!(!twilio_signature_ok("other", url, &params, &sig));
+        assert!(!twilio_signature_ok("token", url, &params, "not base64!"));
+    }
 }

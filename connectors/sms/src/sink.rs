@@ -40,6 +40,17 @@ impl<P: Provider> SmsSink<P> {
         })
     }
 
+    /// Where the provider reports delivery, if the integration asks for reports.
+    fn callback_url(&self, ctx: &SinkContext) -> Option<String> {
+        self.config.status_callback_base_url.as_ref().map(|base| {
+            format!(
+                "{}/v1/callbacks/{}",
+                base.trim_end_matches('/'),
+                ctx.integration_id
+            )
+        })
+    }
+
     fn recipient(&self, r: &ResponseEvent) -> Result<String, String> {
         let raw = match &self.config.to {
             Recipient::Number(n) => n.clone(),
@@ -141,6 +152,7 @@ impl<P: Provider> SmsSink<P> {
             to: e.to.clone(),
             from: self.config.from.clone(),
             body: e.body.clone(),
+            status_callback: self.callback_url(ctx),
         };
         let since = e.claimed_at - SKEW;
         let known = ledger.sids_to(&e.to, since).await?;
@@ -227,6 +239,7 @@ impl<P: Provider> SmsSink<P> {
             to,
             from: self.config.from.clone(),
             body: self.template.render(r),
+            status_callback: self.callback_url(ctx),
         };
         if !ledger.claim(id, &m.to, &m.body).await? {
             // Claimed meanwhile (another worker after a lease moved): decide from its entry.

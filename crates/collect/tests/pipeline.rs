@@ -775,7 +775,8 @@ async fn dead_letters_are_listed_and_redriven_after_a_fix() {
             "config": {"api_base_url": texts.base, "from": "+15005550006",
                        "to": {"question": "phone"},
                        "template": "See you soon, {{name}}. Ref {{response_id}}",
-                       "rates": {"per_sender_per_second": 50}},
+                       "rates": {"per_sender_per_second": 50},
+                       "status_callback_base_url": connect.url()},
             "credentials": {"account_sid": texts.account["account_sid"],
                             "auth_token": texts.account["auth_token"]}
         }))
@@ -849,6 +850,61 @@ async fn dead_letters_are_listed_and_redriven_after_a_fix() {
     let texted = texts.per_response().await;
     assert!(good.iter().all(|g| texted.get(g) == Some(&1)));
     assert!(!texted.contains_key(&opted[0]));
+
+    // Delivery reports come back to `collect connect`, signed; the ledger keeps them.
+    let c = e.db.connect().await.unwrap();
+    let delivered = || async {
+        c.query_one(
+            "SELECT count(*) FROM sms_ledger WHERE integration_id = $1::text::uuid AND delivery_status = 'delivered'",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while delivered().await < 4 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "delivery reports never recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A forged report is refused and changes nothing.
+    let sid: String = c
+        .query_one(
+            "SELECT provider_sid FROM sms_ledger WHERE integration_id = $1::text::uuid AND state = 'sent' LIMIT 1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    for signature in [Some("bm90IGEgc2lnbmF0dXJl"), None] {
+        let mut r = e
+            .http
+            .post(format!("{}/v1/callbacks/{id}", connect.url()))
+            .form(&[
+                ("MessageSid", sid.as_str()),
+                ("MessageStatus", "undelivered"),
+            ]);
+        if let Some(sig) = signature {
+            r = r.header("X-Twilio-Signature", sig);
+        }
+        assert_eq!(r.send().await.unwrap().status().as_u16(), 403);
+    }
+    assert_eq!(delivered().await, 4);
+    let r = e
+        .http
+        .post(format!(
+            "{}/v1/callbacks/{}",
+            connect.url(),
+            uuid::Uuid::now_v7()
+        ))
+        .form(&[("MessageSid", "SM1")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
 
     // Bad input changes nothing.
     for args in [

@@ -120,6 +120,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/integrations/{id}", get(show).delete(remove))
         .route("/v1/integrations/{id}/pause", post(pause))
         .route("/v1/integrations/{id}/resume", post(resume))
+        .route("/v1/callbacks/{id}", post(callback))
         .route(
             "/healthz",
             get(|| async { axum::Json(json!({"status": "ok"})) }),
@@ -271,6 +272,69 @@ async fn show(
 ) -> Result<impl IntoResponse, ApiErr> {
     let id = parse_id(&id, "integration")?;
     Ok(axum::Json(view(&s, &s.integrations.get(org, id).await?)))
+}
+
+/// A third party's callback about an integration (a delivery report): the integration's
+/// kind authenticates and records it. No API key: the kind checks the third party's
+/// signature.
+async fn callback(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+    body: bytes::Bytes,
+) -> Result<StatusCode, ApiErr> {
+    let id = parse_id(&id, "integration")?;
+    let i = s.integrations.get_any(id).await?;
+    let credentials = match i.sealed_credentials() {
+        Some(sealed) => {
+            let plain = s.sealer.open(sealed).map_err(|e| {
+                tracing::error!(integration = %id, error = %e, "cannot open stored credentials");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "credentials unreadable",
+                )
+            })?;
+            serde_json::from_slice(&plain).ok()
+        }
+        None => None,
+    };
+    let call = crate::kind::Callback {
+        integration_id: id,
+        path: uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_default(),
+        headers: headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+            .collect(),
+        body,
+        db: s.integrations.pool().clone(),
+    };
+    use crate::kind::CallbackError as E;
+    match s
+        .kinds
+        .callback(&i.kind, i.config.clone(), credentials, call)
+        .await
+    {
+        Ok(()) => Ok(StatusCode::NO_CONTENT),
+        Err(E::NotSupported) => Err(ApiError::not_found("callback").into()),
+        Err(e @ E::Unauthenticated(_)) => {
+            tracing::warn!(integration = %id, error = %e, "callback refused");
+            Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", e.to_string()).into())
+        }
+        Err(e @ E::Malformed(_)) => {
+            Err(ApiError::new(StatusCode::BAD_REQUEST, "malformed_callback", e.to_string()).into())
+        }
+        Err(e @ E::Unavailable(_)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+        )
+        .into()),
+    }
 }
 
 /// Moves an integration of the organization to `status`.

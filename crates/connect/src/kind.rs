@@ -72,6 +72,62 @@ pub trait Kind: Send + Sync + 'static {
 
     /// Builds the sink of one stored integration.
     fn build(config: &Value, credentials: Option<&Value>) -> Result<Self::Sink, KindError>;
+
+    /// A request the third party sent about one integration (a delivery report), received
+    /// by the connect API at `POST /v1/callbacks/{integration}`. The kind authenticates it
+    /// (e.g. the provider's signature) and records what it says. By default a kind takes
+    /// no callbacks.
+    fn callback(
+        config: &Value,
+        credentials: Option<&Value>,
+        call: Callback,
+    ) -> impl Future<Output = Result<(), CallbackError>> + Send {
+        let _ = (config, credentials, call);
+        async { Err(CallbackError::NotSupported) }
+    }
+}
+
+/// A third party's request about an integration.
+#[derive(Debug, Clone)]
+pub struct Callback {
+    /// The integration.
+    pub integration_id: uuid::Uuid,
+    /// The path and query called (`/v1/callbacks/{id}?...`); the kind prefixes the public
+    /// base URL it gave the third party to get the URL signatures cover.
+    pub path: String,
+    /// Request headers, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: bytes::Bytes,
+    /// Postgres, for the kind's state.
+    pub db: deadpool_postgres::Pool,
+}
+
+impl Callback {
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Why a callback was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CallbackError {
+    /// The kind takes no callbacks.
+    #[error("this kind of integration takes no callbacks")]
+    NotSupported,
+    /// The request is not from the third party (bad or missing signature).
+    #[error("unauthenticated callback: {0}")]
+    Unauthenticated(String),
+    /// The request is malformed.
+    #[error("malformed callback: {0}")]
+    Malformed(String),
+    /// Recording it failed; the third party should try again.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// The kinds a process can run; see [`kinds!`].
@@ -95,6 +151,15 @@ pub trait Kinds: Send + Sync + 'static {
         credentials: Option<&Value>,
         job: Job,
     ) -> Result<BoxFuture<'static, WorkerExit>, KindError>;
+
+    /// [`Kind::callback`] of kind `kind`.
+    fn callback(
+        &self,
+        kind: &str,
+        config: Value,
+        credentials: Option<Value>,
+        call: Callback,
+    ) -> BoxFuture<'static, Result<(), CallbackError>>;
 
     /// Builds the sink of kind `kind` and writes `batch` with it once (after `start`): the
     /// re-drive of dead letters by an operator.
@@ -182,6 +247,23 @@ macro_rules! kinds {
                     }
                 )*
                 Err($crate::kind::KindError::Unknown(kind.to_string()))
+            }
+
+            fn callback(
+                &self,
+                kind: &str,
+                config: $crate::serde_json::Value,
+                credentials: Option<$crate::serde_json::Value>,
+                call: $crate::kind::Callback,
+            ) -> $crate::BoxFuture<'static, Result<(), $crate::kind::CallbackError>> {
+                $(
+                    if kind == <$kind as $crate::kind::Kind>::NAME {
+                        return Box::pin(async move {
+                            <$kind as $crate::kind::Kind>::callback(&config, credentials.as_ref(), call).await
+                        });
+                    }
+                )*
+                Box::pin(async { Err($crate::kind::CallbackError::NotSupported) })
             }
 
             fn redrive(

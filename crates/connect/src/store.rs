@@ -222,6 +222,18 @@ impl IntegrationStore {
         .ok_or(StoreError::NotFound("integration"))
     }
 
+    /// One integration of any organization (for callbacks, which the kind authenticates).
+    pub async fn get_any(&self, id: Uuid) -> Result<Integration, StoreError> {
+        let c = self.pool.get().await?;
+        c.query_opt(
+            &format!("SELECT {COLUMNS} FROM integrations WHERE id = $1 AND status <> 'deleted'"),
+            &[&id],
+        )
+        .await?
+        .map(|r| integration(&r))
+        .ok_or(StoreError::NotFound("integration"))
+    }
+
     /// Every integration not deleted, of every organization (for operators' tools).
     pub async fn all(&self) -> Result<Vec<Integration>, StoreError> {
         let c = self.pool.get().await?;

@@ -254,9 +254,12 @@ impl Emulator {
             if status == "sent" {
                 m.sent = Some(now);
             }
+            let token = inner.accounts.get(&inner.messages[i].account_sid).cloned();
+            let m = &inner.messages[i];
             m.status_callback.clone().map(|url| {
                 (
                     url,
+                    token.unwrap_or_default(),
                     vec![
                         ("MessageSid", m.sid.clone()),
                         ("SmsSid", m.sid.clone()),
@@ -270,15 +273,40 @@ impl Emulator {
                 )
             })
         };
-        if let Some((url, form)) = callback {
+        if let Some((url, token, form)) = callback {
             let (http, me) = (self.http.clone(), self.clone());
+            let signature = sign(&token, &url, &form);
             tokio::spawn(async move {
-                if http.post(&url).form(&form).send().await.is_ok() {
+                let sent = http
+                    .post(&url)
+                    .header("X-Twilio-Signature", signature)
+                    .form(&form)
+                    .send()
+                    .await;
+                if sent.is_ok_and(|r| r.status().is_success()) {
                     me.lock().stats.callbacks += 1;
                 }
             });
         }
     }
+}
+
+/// The `X-Twilio-Signature` of a callback, as Twilio documents it: HMAC-SHA1 keyed with the
+/// account's auth token over the URL followed by each parameter's name and value, sorted
+/// by name, base64-encoded.
+fn sign(token: &str, url: &str, form: &[(&str, String)]) -> String {
+    let mut params: Vec<&(&str, String)> = form.iter().collect();
+    params.sort_by(|a, b| a.0.cmp(b.0));
+    let mut data = url.to_string();
+    for (k, v) in params {
+        data.push_str(k);
+        data.push_str(v);
+    }
+    let key = aws_lc_rs::hmac::Key::new(
+        aws_lc_rs::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
+        token.as_bytes(),
+    );
+    STANDARD.encode(aws_lc_rs::hmac::sign(&key, data.as_bytes()).as_ref())
 }
 
 /// Counts one send against the per-second windows of `keys`; false when one is full.

@@ -49,6 +49,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0006_sms",
         sql: include_str!("../../../migrations/0006_sms.sql"),
     },
+    Migration {
+        version: 7,
+        name: "0007_sms_delivery",
+        sql: include_str!("../../../migrations/0007_sms_delivery.sql"),
+    },
 ];
 
 /// Advisory lock key held while migrating ("collect" in ASCII).
