@@ -14,14 +14,14 @@ use collect_connect::limits::Limiter;
 use collect_connect::metrics::Metrics;
 use collect_connect::store::IntegrationStore;
 use collect_connect::{Delivery, SinkContext};
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::kinds::Installed;
+use crate::ops::{consumer, watermarks};
 use crate::{Db, parse_key_value, store};
 
 /// Where the dead letters are.
@@ -148,28 +148,18 @@ impl Letter {
 
 /// Every dead letter of the topic up to its end as of now, filtered (blocking).
 fn read(s: &Source, keep: impl Fn(&Letter) -> bool) -> Result<Vec<Letter>> {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &s.brokers)
-        .set("group.id", "collect.dead-letters.reader")
-        .set("enable.auto.commit", "false");
-    for (k, v) in &s.kafka_options {
-        config.set(k, v);
-    }
-    let consumer: BaseConsumer = config.create()?;
-    let meta = consumer.fetch_metadata(Some(&s.topic), Duration::from_secs(10))?;
-    let partitions: Vec<i32> = meta
-        .topics()
-        .first()
-        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-        .unwrap_or_default();
-    if partitions.is_empty() {
+    let consumer = consumer(
+        &s.brokers,
+        &s.kafka_options,
+        Some("collect.dead-letters.reader"),
+    )?;
+    let marks = watermarks(&consumer, &s.topic)?;
+    if marks.is_empty() {
         bail!("topic {} does not exist", s.topic);
     }
     let mut ends = HashMap::new();
     let mut tpl = TopicPartitionList::new();
-    for p in partitions {
-        let (low, high) = consumer.fetch_watermarks(&s.topic, p, Duration::from_secs(10))?;
+    for (p, low, high) in marks {
         if high > low {
             ends.insert(p, high);
             tpl.add_partition_offset(&s.topic, p, Offset::Offset(low))?;

@@ -8,6 +8,7 @@ use collect_connect::offsets::{Position, Positions};
 use collect_connect::store::{Integration, IntegrationStore};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -190,34 +191,59 @@ async fn read_positions(t: &Topics, i: &Integration) -> Result<Vec<Position>> {
         .map_err(anyhow::Error::msg)
 }
 
-/// Records in each of `topics` (all partitions), from the watermarks.
-fn count_records(t: &Topics, topics: &[String]) -> Result<Vec<(String, Option<i64>)>> {
+/// A consumer of `brokers` with the operator's librdkafka `options`; `group`, when given, is
+/// its group id (never joined: partitions are assigned by hand, nothing is committed).
+pub(crate) fn consumer(
+    brokers: &str,
+    options: &[(String, String)],
+    group: Option<&str>,
+) -> Result<BaseConsumer> {
     let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", &t.brokers);
-    for (k, v) in &t.kafka_options {
+    config.set("bootstrap.servers", brokers);
+    if let Some(g) = group {
+        config.set("group.id", g).set("enable.auto.commit", "false");
+    }
+    for (k, v) in options {
         config.set(k, v);
     }
-    let consumer: BaseConsumer = config.create()?;
-    let mut out = Vec::new();
-    for topic in topics {
-        let meta = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-        let partitions: Vec<i32> = meta
-            .topics()
-            .first()
-            .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-            .unwrap_or_default();
-        if partitions.is_empty() {
-            out.push((topic.clone(), None));
-            continue;
-        }
-        let mut n = 0;
-        for p in partitions {
-            let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
-            n += (high - low).max(0);
-        }
-        out.push((topic.clone(), Some(n)));
-    }
-    Ok(out)
+    Ok(config.create()?)
+}
+
+/// `(partition, low, high)` of every partition of `topic`; empty when it does not exist
+/// (blocking).
+pub(crate) fn watermarks(c: &BaseConsumer, topic: &str) -> Result<Vec<(i32, i64, i64)>> {
+    let meta = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions: Vec<i32> = meta
+        .topics()
+        .first()
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+        .unwrap_or_default();
+    partitions
+        .into_iter()
+        .map(|p| {
+            let (low, high) = c.fetch_watermarks(topic, p, Duration::from_secs(10))?;
+            Ok((p, low, high))
+        })
+        .collect()
+}
+
+/// Records in each of `topics` (all partitions), from the watermarks; `None` for a topic
+/// that does not exist.
+fn count_records(
+    brokers: &str,
+    options: &[(String, String)],
+    topics: &[String],
+) -> Result<Vec<(String, Option<i64>)>> {
+    let c = consumer(brokers, options, None)?;
+    topics
+        .iter()
+        .map(|topic| {
+            let marks = watermarks(&c, topic)?;
+            let n = (!marks.is_empty())
+                .then(|| marks.iter().map(|(_, low, high)| (high - low).max(0)).sum());
+            Ok((topic.clone(), n))
+        })
+        .collect()
 }
 
 fn bytes(n: i64) -> String {
@@ -286,14 +312,13 @@ pub async fn status(a: StatusArgs) -> Result<()> {
             "lag": lag, "positions": pos_json,
         }));
     }
-    let topics = a.dead_letter_topics.clone();
-    let t = Topics {
-        brokers: a.topics.brokers.clone(),
-        responses_topic: String::new(),
-        forms_topic: String::new(),
-        kafka_options: a.topics.kafka_options.clone(),
-    };
-    let dead = tokio::task::spawn_blocking(move || count_records(&t, &topics)).await??;
+    let (brokers, options, topics) = (
+        a.topics.brokers.clone(),
+        a.topics.kafka_options.clone(),
+        a.dead_letter_topics.clone(),
+    );
+    let dead =
+        tokio::task::spawn_blocking(move || count_records(&brokers, &options, &topics)).await??;
     let dead_json: serde_json::Map<String, Value> =
         dead.iter().map(|(t, n)| (t.clone(), json!(n))).collect();
     let out = json!({

@@ -5,5 +5,6 @@
 //! accounts and inject faults. None shares code with the connector it serves, so a
 //! misunderstanding of the API cannot be written once and pass its own tests.
 
+mod admin;
 pub mod sheets;
 pub mod sms;

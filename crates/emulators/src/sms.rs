@@ -38,6 +38,8 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
+use crate::admin::{bad, chance, check_faults, throttle_until};
+
 /// The API version in every path.
 pub const API_VERSION: &str = "2010-04-01";
 /// Longest message body, in characters.
@@ -353,7 +355,7 @@ async fn faults(e: &Emulator) -> Option<Response> {
     let (latency, fail, status) = {
         let mut inner = e.lock();
         let f = inner.faults.clone();
-        let fail = f.error_rate > 0.0 && rand::rng().random_bool(f.error_rate.min(1.0));
+        let fail = chance(f.error_rate);
         if fail {
             inner.stats.injected_errors += 1;
         }
@@ -454,8 +456,7 @@ async fn send(
         inner.by_sid.insert(m.sid.clone(), i);
         inner.messages.push(m.clone());
         inner.stats.accepted += 1;
-        let rate = inner.faults.drop_after_accept_rate;
-        let dropped = rate > 0.0 && rand::rng().random_bool(rate.min(1.0));
+        let dropped = chance(inner.faults.drop_after_accept_rate);
         if dropped {
             inner.stats.dropped_after_accept += 1;
         }
@@ -632,24 +633,16 @@ async fn admin_opt_in(State(e): State<Emulator>, Path(number): Path<String>) -> 
     }
 }
 
-fn bad(message: &str) -> Response {
-    (
-        StatusCode::BAD_REQUEST,
-        axum::Json(json!({"error": message})),
-    )
-        .into_response()
-}
-
 async fn admin_faults(State(e): State<Emulator>, axum::Json(f): axum::Json<Faults>) -> Response {
-    if !(0.0..=1.0).contains(&f.error_rate) || !(0.0..=1.0).contains(&f.drop_after_accept_rate) {
-        return bad("rates must be between 0 and 1");
-    }
-    if f.error_rate > 0.0 && f.error_status != 500 && f.error_status != 503 {
-        return bad("error_status must be 500 or 503");
+    if let Some(refused) = check_faults(
+        &[f.error_rate, f.drop_after_accept_rate],
+        f.error_rate,
+        f.error_status,
+    ) {
+        return refused;
     }
     let mut inner = e.lock();
-    inner.throttle_until =
-        (f.throttle_seconds > 0).then(|| Instant::now() + Duration::from_secs(f.throttle_seconds));
+    inner.throttle_until = throttle_until(f.throttle_seconds);
     inner.faults = f.clone();
     axum::Json(json!(f)).into_response()
 }

@@ -37,6 +37,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
+use crate::admin::{bad, chance, check_faults, throttle_until};
 use model::{GoogleError, Render, Spreadsheet};
 use oauth::{OAuth, Principal};
 
@@ -338,7 +339,7 @@ async fn admit(e: &Emulator, headers: &HeaderMap, write: bool) -> Result<Princip
         let mut inner = e.lock();
         let f = inner.faults.clone();
         let throttled = inner.throttle_until.is_some_and(|t| Instant::now() < t);
-        let injected = f.error_rate > 0.0 && rand::rng().random_bool(f.error_rate.clamp(0.0, 1.0));
+        let injected = chance(f.error_rate);
         if injected {
             inner.stats.injected_errors += 1;
         }
@@ -522,9 +523,7 @@ async fn api(
         .map(|r| r.trim_end_matches(":clear").to_string())
         .unwrap_or_default();
     let mut inner = e.lock();
-    let fail_after = write
-        && inner.faults.fail_after_write_rate > 0.0
-        && rand::rng().random_bool(inner.faults.fail_after_write_rate.clamp(0.0, 1.0));
+    let fail_after = write && chance(inner.faults.fail_after_write_rate);
     let result = match name {
         "spreadsheets.get" => with_sheet(&mut inner, id, &p, |s| Ok(s.to_json())),
         "spreadsheets.batchUpdate" => {
@@ -616,14 +615,6 @@ struct NewAccount {
     name: Option<String>,
     #[serde(default)]
     project: Option<String>,
-}
-
-fn bad(message: impl Into<String>) -> Response {
-    (
-        StatusCode::BAD_REQUEST,
-        axum::Json(json!({"error": message.into()})),
-    )
-        .into_response()
 }
 
 async fn admin_service_account(
@@ -737,15 +728,15 @@ async fn admin_spreadsheet(
 }
 
 async fn admin_faults(State(e): State<Emulator>, axum::Json(f): axum::Json<Faults>) -> Response {
-    if !(0.0..=1.0).contains(&f.error_rate) || !(0.0..=1.0).contains(&f.fail_after_write_rate) {
-        return bad("rates must be between 0 and 1");
-    }
-    if f.error_rate > 0.0 && f.error_status != 500 && f.error_status != 503 {
-        return bad("error_status must be 500 or 503");
+    if let Some(refused) = check_faults(
+        &[f.error_rate, f.fail_after_write_rate],
+        f.error_rate,
+        f.error_status,
+    ) {
+        return refused;
     }
     let mut inner = e.lock();
-    inner.throttle_until =
-        (f.throttle_seconds > 0).then(|| Instant::now() + Duration::from_secs(f.throttle_seconds));
+    inner.throttle_until = throttle_until(f.throttle_seconds);
     inner.faults = f.clone();
     axum::Json(json!(f)).into_response()
 }
