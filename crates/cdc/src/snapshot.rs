@@ -294,9 +294,6 @@ pub async fn snapshot_form(
     chunk: i64,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<u64, CdcError> {
-    crate::kafka::ensure_topics(kafka).await?;
-    let (out, mut acks) = crate::kafka::Output::open(kafka, registry_url).await?;
-    let metrics = Metrics::new("snapshot");
     let reader = connect(database_url).await?;
     reader
         .batch_execute(
@@ -319,6 +316,10 @@ pub async fn snapshot_form(
         return Err(CdcError::Config(format!("no form {form}")));
     }
     let total = (forms + questions + responses) as u64;
+    // Only now, with a form to emit, anything is created or registered.
+    crate::kafka::ensure_topics(kafka).await?;
+    let (out, mut acks) = crate::kafka::Output::open(kafka, registry_url).await?;
+    let metrics = Metrics::new("snapshot");
     let pos = Position {
         commit_lsn: lsn
             .parse()

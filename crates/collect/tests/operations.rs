@@ -171,6 +171,15 @@ async fn a_new_sheet_gets_every_past_response_once_by_replay_while_new_ones_arri
         &["replay", "--integration", &uuid::Uuid::now_v7().to_string()],
     );
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no integration"));
+    // Refused before anything changed: the integration is still active, its offsets where
+    // they were.
+    let after = collect(&e, &brokers, &status_args);
+    let after: Value = serde_json::from_slice(&after.stdout).unwrap();
+    assert_eq!(after["integrations"][0]["status"], "active");
+    assert_eq!(
+        after["integrations"][0]["positions"],
+        status["integrations"][0]["positions"]
+    );
     connect.kill9();
     cdc.kill9();
 }
@@ -543,7 +552,8 @@ async fn a_snapshot_of_a_form_refills_a_sheet_when_the_topics_lost_its_responses
         assert!(tokio::time::Instant::now() < deadline, "{:?}", m[&edited]);
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    // A form that does not exist is refused.
+    // A form that does not exist is refused, and nothing reaches the topics.
+    let before = records(&brokers, &[&responses, &forms]);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_collect"))
         .args(["snapshot", "--form", &uuid::Uuid::now_v7().to_string()])
         .envs(vars.iter().cloned())
@@ -551,5 +561,28 @@ async fn a_snapshot_of_a_form_refills_a_sheet_when_the_topics_lost_its_responses
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no form"));
+    assert_eq!(records(&brokers, &[&responses, &forms]), before);
     connect.kill9();
+}
+
+/// Records held by `topics`, all partitions together (from the watermarks).
+fn records(brokers: &str, topics: &[&str]) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let mut n = 0;
+    for topic in topics {
+        let meta = c
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .unwrap();
+        for p in meta.topics()[0].partitions() {
+            let (low, high) = c
+                .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+                .unwrap();
+            n += high - low;
+        }
+    }
+    n
 }
