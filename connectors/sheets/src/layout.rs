@@ -72,25 +72,18 @@ pub fn answer_cell(a: &Answer) -> Value {
         return cell_text(t);
     }
     if let Some(n) = &a.number {
-        // A number the sheet can compute with, unless a double would lose its digits
-        // (more than 15 significant ones): then the exact text.
-        let mantissa: String = n
-            .chars()
-            .take_while(|c| !matches!(c, 'e' | 'E'))
-            .filter(char::is_ascii_digit)
-            .collect();
-        if mantissa.trim_start_matches('0').len() <= 15
-            && let Ok(x) = n.parse::<f64>()
+        // A number the sheet can compute with where a double keeps its digits (the double's
+        // shortest form is the same decimal); the exact digits as text otherwise.
+        return match collect_model::Decimal::parse(n)
+            .ok()
+            .and_then(|d| d.to_f64_exact())
         {
             // Whole numbers as integers (`2`, not `2.0`), as a person would type them.
-            if x.fract() == 0.0 && x.abs() < 1e15 {
-                return Value::from(x as i64);
-            }
-            if let Some(x) = serde_json::Number::from_f64(x) {
-                return Value::Number(x);
-            }
-        }
-        return Value::String(n.clone());
+            Some(x) if x.fract() == 0.0 && x.abs() < 9.0e15 => Value::from(x as i64),
+            Some(x) => serde_json::Number::from_f64(x)
+                .map_or_else(|| Value::String(n.clone()), Value::Number),
+            None => Value::String(n.clone()),
+        };
     }
     if let Some(b) = a.boolean {
         return Value::Bool(b);
@@ -180,6 +173,26 @@ mod tests {
                 ..answer()
             }),
             Value::String("12345678901234567890.5".into())
+        );
+        for exact in [
+            "12345678901234567890123",
+            "0.12345678901234567890",
+            "9007199254740993",
+        ] {
+            assert_eq!(
+                answer_cell(&Answer {
+                    number: Some(exact.into()),
+                    ..answer()
+                }),
+                Value::String(exact.into())
+            );
+        }
+        assert_eq!(
+            answer_cell(&Answer {
+                number: Some("0.1".into()),
+                ..answer()
+            }),
+            serde_json::json!(0.1)
         );
         assert_eq!(
             answer_cell(&Answer {

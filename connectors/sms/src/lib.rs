@@ -45,7 +45,7 @@ fn check(config: &Config) -> Result<(), KindError> {
             "api_base_url must be an http(s) URL",
         ));
     }
-    if collect_model::normalize_phone(&config.from).as_deref() != Ok(config.from.as_str()) {
+    if collect_model::normalize_phone(&config.from, None).as_deref() != Ok(config.from.as_str()) {
         return Err(field(
             "config.from",
             "invalid_phone",
@@ -53,7 +53,9 @@ fn check(config: &Config) -> Result<(), KindError> {
         ));
     }
     match &config.to {
-        Recipient::Number(n) if collect_model::normalize_phone(n).as_deref() != Ok(n.as_str()) => {
+        Recipient::Number(n)
+            if collect_model::normalize_phone(n, None).as_deref() != Ok(n.as_str()) =>
+        {
             return Err(field(
                 "config.to.number",
                 "invalid_phone",

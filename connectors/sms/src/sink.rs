@@ -59,7 +59,7 @@ impl<P: Provider> SmsSink<P> {
                 _ => return Err(format!("no phone number: question '{q}' is not answered")),
             },
         };
-        collect_model::normalize_phone(&raw)
+        collect_model::normalize_phone(&raw, None)
             .map_err(|e| format!("invalid phone number '{raw}': {e}"))
     }
 

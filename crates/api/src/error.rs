@@ -76,6 +76,11 @@ impl From<StoreError> for ApiError {
                 };
                 Self::new(status, code, message)
             }
+            e @ StoreError::TooLarge { .. } => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "response_too_large",
+                e.to_string(),
+            ),
             StoreError::Pool(e) => {
                 tracing::warn!(error = %e, "no database connection available");
                 Self::new(

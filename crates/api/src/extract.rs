@@ -67,14 +67,22 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
         let bytes = axum::body::to_bytes(req.into_body(), BODY_LIMIT)
             .await
             .map_err(|_| too_large())?;
-        let raw: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        // Syntax first (a RawValue scan keeps any number literal, however large).
+        serde_json::from_slice::<&serde_json::value::RawValue>(&bytes).map_err(|e| {
             ApiError::bad_request(
                 "malformed_json",
                 format!("request body is not valid JSON: {e}"),
             )
         })?;
-        let digest = Sha256::digest(canonical(&raw).as_bytes()).into();
-        let value = serde_json::from_value(raw).map_err(|e| {
+        // The digest of the canonical form; a body whose numbers a double cannot hold is
+        // digested as sent.
+        let digest = match serde_json::from_slice::<Value>(&bytes) {
+            Ok(raw) => Sha256::digest(canonical(&raw).as_bytes()).into(),
+            Err(_) => Sha256::digest(&bytes).into(),
+        };
+        // The typed value from the text itself, not from `raw`: raw answers keep a number's
+        // digits only when read from the text.
+        let value = serde_json::from_slice(&bytes).map_err(|e| {
             let mut err = ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_body",

@@ -666,3 +666,186 @@ async fn readyz_reports_an_unreachable_database() {
     let health = http.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(health.status().as_u16(), 200);
 }
+
+/// POSTs `body` (raw JSON text, so number literals reach the server as written).
+async fn post_raw(t: &Env, path: &str, body: String) -> common::Reply {
+    t.reply(
+        t.http
+            .post(format!("{}{path}", t.base))
+            .bearer_auth(&t.key)
+            .header(CONTENT_TYPE, "application/json")
+            .body(body),
+    )
+    .await
+}
+
+/// The raw text of a number answer in a reply (parsed without going through a double).
+fn number_text(body: &[u8], question: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        value: Box<serde_json::value::RawValue>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Resp {
+        answers: std::collections::BTreeMap<String, Entry>,
+    }
+    let r: Resp = serde_json::from_slice(body).ok()?;
+    r.answers.get(question).map(|e| e.value.get().to_string())
+}
+
+#[tokio::test]
+async fn answers_keep_their_exact_value() {
+    let t = Env::new().await;
+    let form = t
+        .post(
+            "/v1/forms",
+            json!({"title": "values", "questions": [
+                {"label": "Phone", "type": "phone", "alias": "phone"},
+                {"label": "UK phone", "type": "phone", "alias": "uk", "default_region": "GB"},
+                {"label": "Amount", "type": "number", "alias": "amount"}
+            ]}),
+        )
+        .await
+        .ok(201)
+        .clone();
+    let fid = id(&form);
+    let amount = qid(&form, "amount");
+    let responses = format!("/v1/forms/{fid}/responses");
+    // Phones by libphonenumber: the UK trunk 0 after +44 is dropped, the default region
+    // reads numbers without a country code, impossible numbers are refused naming the field.
+    for (given, field, want) in [
+        ("+44 (0)20 7946 0958", "phone", "+442079460958"),
+        ("+44 07700 900000", "phone", "+447700900000"),
+        ("+39 06 6982 1234", "phone", "+390669821234"),
+        ("020 7946 0958", "uk", "+442079460958"),
+        ("+1 650 253 0000", "uk", "+16502530000"),
+    ] {
+        let r = t.post(&responses, json!({"answers": {field: given}})).await;
+        assert_eq!(
+            r.ok(201)["answers"][qid(&form, field)]["value"],
+            want,
+            "{given}"
+        );
+    }
+    let before = t.counts().await;
+    for (given, field) in [
+        ("+1 000 000 0000", "phone"),
+        ("+44 20 7946", "phone"),
+        ("020 7946 0958", "phone"),
+        ("+1234", "uk"),
+    ] {
+        let r = t.post(&responses, json!({"answers": {field: given}})).await;
+        r.error(422, "validation_failed");
+        assert_eq!(
+            r.field_codes(),
+            vec![(format!("answers.{field}"), "invalid_phone".to_string())],
+            "{given}"
+        );
+    }
+    assert_eq!(t.counts().await, before, "a refused phone wrote something");
+    // Numbers keep every digit: in the reply, in the stored document and in the typed row.
+    for literal in [
+        "12345678901234567890123",
+        "0.12345678901234567890",
+        "9007199254740993",
+        "-1.50",
+    ] {
+        let r = post_raw(
+            &t,
+            &responses,
+            format!(r#"{{"answers": {{"amount": {literal}}}}}"#),
+        )
+        .await;
+        assert_eq!(r.status.as_u16(), 201, "{literal}: {}", r.body);
+        let rid = id(&r.body);
+        let raw = t
+            .http
+            .get(format!("{}{responses}/{rid}", t.base))
+            .bearer_auth(&t.key)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(number_text(&raw, &amount).as_deref(), Some(literal));
+        let row =
+            t.db.query_one(
+                "SELECT answers -> $3 ->> 'value', (SELECT value_number::text FROM answers a \
+                 WHERE a.form_id = r.form_id AND a.response_id = r.id) \
+                 FROM responses r WHERE form_id = $1::text::uuid AND id = $2::text::uuid",
+                &[&fid, &rid, &amount],
+            )
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0), literal);
+        assert_eq!(row.get::<_, String>(1), literal);
+    }
+    // An exponent is read exactly too, and stored in numeric's plain form.
+    let r = post_raw(&t, &responses, r#"{"answers": {"amount": 1.5e-3}}"#.into()).await;
+    assert_eq!(r.status.as_u16(), 201, "{}", r.body);
+    let before = t.counts().await;
+    let r = post_raw(&t, &responses, r#"{"answers": {"amount": 1e5000}}"#.into()).await;
+    r.error(422, "validation_failed");
+    assert_eq!(
+        r.field_codes(),
+        vec![(
+            "answers.amount".to_string(),
+            "number_out_of_range".to_string()
+        )]
+    );
+    assert_eq!(t.counts().await, before);
+    // A default region that is not one is refused with the form.
+    t.post(
+        "/v1/forms",
+        json!({"title": "x", "questions": [{"label": "P", "type": "phone", "default_region": "UK"}]}),
+    )
+    .await
+    .error(422, "validation_failed");
+}
+
+#[tokio::test]
+async fn responses_larger_than_the_pipeline_carries_are_refused_and_write_nothing() {
+    let t = Env::new().await;
+    let questions: Vec<Value> = (0..30)
+        .map(|i| json!({"label": format!("Q{i}"), "type": "long_text", "alias": format!("q{i}")}))
+        .collect();
+    let form = t
+        .post("/v1/forms", json!({"title": "big", "questions": questions}))
+        .await
+        .ok(201)
+        .clone();
+    let fid = id(&form);
+    let responses = format!("/v1/forms/{fid}/responses");
+    let answers = |range: std::ops::Range<usize>| {
+        let mut m = serde_json::Map::new();
+        for i in range {
+            m.insert(format!("q{i}"), Value::String("x".repeat(45_000)));
+        }
+        Value::Object(m)
+    };
+    // Under the 1 MiB body limit, over the 512 KiB document limit: refused, nothing written.
+    let before = t.counts().await;
+    let r = t
+        .post(&responses, json!({ "answers": answers(0..15) }))
+        .await;
+    r.error(422, "response_too_large");
+    assert_eq!(t.counts().await, before);
+    // A response that fits, then an edit that would grow it past the limit.
+    let r = t
+        .post(&responses, json!({ "answers": answers(0..10) }))
+        .await;
+    let rid = id(r.ok(201));
+    let one = format!("{responses}/{rid}");
+    let stored = t.get(&one).await.body;
+    let before = t.counts().await;
+    t.patch(&one, json!({ "answers": answers(10..15) }))
+        .await
+        .error(422, "response_too_large");
+    assert_eq!(t.counts().await, before, "the refused edit wrote something");
+    assert_eq!(t.get(&one).await.body, stored);
+    // Shrinking stays possible.
+    t.patch(&one, json!({"answers": {"q0": "short"}}))
+        .await
+        .ok(200);
+}

@@ -235,16 +235,17 @@ impl ReplicationClient {
     }
 
     async fn startup(&mut self, p: &ConnectParams) -> Result<()> {
-        frontend::startup_message(
-            [
-                ("user", p.user.as_str()),
-                ("database", p.dbname.as_str()),
-                ("replication", "database"),
-                ("application_name", p.application_name.as_str()),
-                ("client_encoding", "UTF8"),
-            ],
-            &mut self.out,
-        )?;
+        // The settings whose text output the reader parses are pinned in the startup packet,
+        // as Postgres's own logical replication worker pins them (see collect_store::pg):
+        // a database or role with another DateStyle changes nothing downstream.
+        let mut params = vec![
+            ("user", p.user.as_str()),
+            ("database", p.dbname.as_str()),
+            ("replication", "database"),
+            ("application_name", p.application_name.as_str()),
+        ];
+        params.extend(collect_store::pg::PINNED_SETTINGS);
+        frontend::startup_message(params, &mut self.out)?;
         self.flush().await?;
         let password = || {
             p.password.clone().ok_or_else(|| {

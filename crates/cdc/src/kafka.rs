@@ -23,6 +23,10 @@ use tokio::sync::mpsc;
 use crate::CdcError;
 use crate::assemble::Event;
 
+/// Default largest record, in bytes: under every default of Apache Kafka (broker and topic
+/// `max.message.bytes` 1,048,588) and librdkafka (`message.max.bytes` 1,000,000).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_000_000;
+
 /// Kafka settings of the reader.
 #[derive(Debug, Clone)]
 pub struct KafkaSettings {
@@ -44,6 +48,10 @@ pub struct KafkaSettings {
     pub max_queued: usize,
     /// `compression.type` of produced batches (`lz4`, `zstd`, `snappy`, `gzip`, `none`).
     pub compression: String,
+    /// Largest record, in bytes: the producer's `message.max.bytes` and the topics'
+    /// `max.message.bytes` (set when the reader creates them). Events that would be larger
+    /// become bounded dead letters. Apache Kafka's default is 1,048,588.
+    pub max_message_bytes: usize,
     /// Extra librdkafka settings (`security.protocol`, `sasl.*`, ...).
     pub extra: Vec<(String, String)>,
 }
@@ -110,6 +118,24 @@ pub struct OutRecord {
     pub headers: Vec<(String, String)>,
 }
 
+impl OutRecord {
+    /// Bytes the record takes in a produce request, counted as the broker counts a record
+    /// against `max.message.bytes`: key, value and headers, plus the record batch's own
+    /// framing (61 bytes of batch header and up to 40 bytes of record fields in the v2
+    /// format of KIP-98; rounded up).
+    pub fn size(&self) -> usize {
+        const FRAMING: usize = 128;
+        FRAMING
+            + self.key.len()
+            + self.payload.len()
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 10)
+                .sum::<usize>()
+    }
+}
+
 /// Why a record was not taken by the producer.
 pub enum SendRefused {
     /// The producer queue is full: wait for acknowledgements and retry.
@@ -131,8 +157,15 @@ pub struct Output {
 /// form and question is kept forever, so a new sink can backfill from the topic).
 pub async fn ensure_topics(s: &KafkaSettings) -> Result<(), CdcError> {
     let admin: AdminClient<DefaultClientContext> = s.client_config().create()?;
-    let compacted = [("cleanup.policy", "compact")];
-    let dlq_retention = [("cleanup.policy", "delete"), ("retention.ms", "2592000000")];
+    // The topics take exactly what the producer may send (`message.max.bytes`), whatever
+    // the broker's default: the one size checked before producing (Output::encode).
+    let max = s.max_message_bytes.to_string();
+    let compacted = [("cleanup.policy", "compact"), ("max.message.bytes", &max)];
+    let dlq_retention = [
+        ("cleanup.policy", "delete"),
+        ("retention.ms", "2592000000"),
+        ("max.message.bytes", &max),
+    ];
     let topics: Vec<NewTopic<'_>> = vec![
         (s.responses_topic.as_str(), &compacted[..]),
         (s.forms_topic.as_str(), &compacted[..]),
@@ -233,6 +266,7 @@ impl Output {
             .set("linger.ms", "5")
             .set("queue.buffering.max.messages", s.max_queued.to_string())
             .set("queue.buffering.max.kbytes", "65536")
+            .set("message.max.bytes", s.max_message_bytes.to_string())
             .set(
                 "message.timeout.ms",
                 s.message_timeout.as_millis().to_string(),
@@ -261,8 +295,14 @@ impl Output {
         partition_for(form_id, self.partitions.get(topic).copied().unwrap_or(1))
     }
 
-    /// Encodes an event into its record; an encoding failure is returned for the
-    /// dead-letter topic.
+    /// The largest dead-letter record body the reader writes, in bytes: a dead letter says
+    /// what and why, and never carries a row the topics could not take.
+    pub fn dead_letter_limit(&self) -> usize {
+        (self.settings.max_message_bytes / 4).clamp(1024, 256 * 1024)
+    }
+
+    /// Encodes an event into its record; an encoding failure, or a record larger than the
+    /// topics take, is returned for the dead-letter topic.
     pub fn encode(&self, event: &Event) -> Result<OutRecord, String> {
         let (topic, payload) = match event {
             Event::Response(r) => (
@@ -274,13 +314,21 @@ impl Output {
                 form_codec().encode(self.ids.1, f),
             ),
         };
-        Ok(OutRecord {
+        let record = OutRecord {
             topic: topic.clone(),
             partition: self.partition(topic, event.form_id()),
             key: event.key().to_string(),
             payload: payload.map_err(|e| format!("avro encoding failed: {e}"))?,
             headers: Vec::new(),
-        })
+        };
+        let size = record.size();
+        if size > self.settings.max_message_bytes {
+            return Err(format!(
+                "the event is {size} bytes; the topics take at most {} (max.message.bytes)",
+                self.settings.max_message_bytes
+            ));
+        }
+        Ok(record)
     }
 
     /// A dead-letter record: the raw change as JSON, the reason in headers.

@@ -45,7 +45,8 @@ pub async fn acquire(
     on_standby: impl Fn(),
 ) -> Result<Option<Lease>, CdcError> {
     let key = lock_key(slot);
-    let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
+    let cfg = collect_store::pg::lease_config(url).map_err(CdcError::Config)?;
+    let (client, conn) = cfg.connect(NoTls).await?;
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
         if let Err(e) = conn.await {

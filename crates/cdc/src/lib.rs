@@ -164,7 +164,7 @@ pub(crate) fn dead_letter(
 ) -> OutRecord {
     metrics.dead_letters.inc();
     let lsn = pos.commit_lsn.to_string();
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "table": table,
         "op": op,
         "commit_lsn": lsn,
@@ -173,6 +173,14 @@ pub(crate) fn dead_letter(
         "reason": reason,
         "row": row,
     });
+    // Bounded: a row too large for an event is too large for a dead letter too. Its
+    // identity stays (ids, revision, times), with its size.
+    let size = body.to_string().len();
+    if size > out.dead_letter_limit() {
+        body["row"] = row_identity(&body["row"]);
+        body["row_omitted"] = serde_json::Value::Bool(true);
+        body["row_bytes"] = serde_json::Value::from(size);
+    }
     out.dead_letter(
         form_id,
         format!("{table}/{lsn}/{}", pos.ordinal),
@@ -186,8 +194,30 @@ pub(crate) fn dead_letter(
     )
 }
 
+/// The small identifying columns of a row (ids, revision, times), for a bounded dead letter.
+fn row_identity(row: &serde_json::Value) -> serde_json::Value {
+    const KEEP: [&str; 8] = [
+        "id",
+        "form_id",
+        "org_id",
+        "question_id",
+        "revision",
+        "submitted_at",
+        "updated_at",
+        "deleted_at",
+    ];
+    let mut out = serde_json::Map::new();
+    for k in KEEP {
+        if let Some(v) = row.get(k).filter(|v| v.to_string().len() <= 100) {
+            out.insert(k.to_string(), v.clone());
+        }
+    }
+    serde_json::Value::Object(out)
+}
+
 async fn connect(url: &str) -> Result<tokio_postgres::Client, CdcError> {
-    let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
+    let cfg = collect_store::pg::config(url).map_err(CdcError::Config)?;
+    let (client, conn) = cfg.connect(NoTls).await?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "connection ended");

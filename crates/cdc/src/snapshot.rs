@@ -147,7 +147,8 @@ pub struct Snapshot<'a> {
 }
 
 async fn connect(url: &str) -> Result<tokio_postgres::Client, CdcError> {
-    let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
+    let cfg = collect_store::pg::config(url).map_err(CdcError::Config)?;
+    let (client, conn) = cfg.connect(NoTls).await?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::warn!(error = %e, "snapshot connection ended");

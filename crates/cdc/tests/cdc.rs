@@ -525,3 +525,130 @@ async fn a_large_transaction_streams_through() {
     assert_eq!(xids.len(), 1, "one transaction");
     reader.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_larger_than_the_topics_take_is_a_bounded_dead_letter_and_the_stream_goes_on() {
+    let mut s = Stack::new().await;
+    // Topics and producer at 64 KiB; the API still takes documents of 512 KiB.
+    s.max_message_bytes = 64 * 1024;
+    let form = s.form("big").await["id"].as_str().unwrap().to_string();
+    let other = s.form("other").await["id"].as_str().unwrap().to_string();
+    let reader = s.start_reader(s.config());
+    reader.streaming().await;
+    let big = s
+        .submit(&form, json!({"name": "big", "essay": "é".repeat(45_000)}))
+        .await;
+    let after = s.submit(&form, json!({"name": "after"})).await;
+    let elsewhere = s.submit(&other, json!({"name": "elsewhere"})).await;
+    let events = s
+        .responses(WAIT, |evs| {
+            let got = ids(evs);
+            got.contains(&after) && got.contains(&elsewhere)
+        })
+        .await;
+    assert!(
+        !ids(&events).contains(&big),
+        "the oversized event was produced"
+    );
+    let dlq = s.read_raw(&s.topic("dlq"), WAIT, |r| !r.is_empty()).await;
+    assert_eq!(dlq.len(), 1);
+    let body: serde_json::Value = serde_json::from_slice(&dlq[0].payload).unwrap();
+    assert_eq!(body["table"], "responses");
+    assert_eq!(body["row"]["id"], big.as_str());
+    assert_eq!(body["row"]["form_id"], form.as_str());
+    assert_eq!(body["row_omitted"], true);
+    assert!(
+        body["row"].get("answers").is_none(),
+        "the row itself was kept"
+    );
+    assert!(
+        dlq[0].payload.len() < 16 * 1024,
+        "dead letter of {} bytes",
+        dlq[0].payload.len()
+    );
+    assert!(
+        dlq[0].headers["collect.reason"].contains("max.message.bytes"),
+        "{:?}",
+        dlq[0].headers
+    );
+    assert_eq!(reader.metrics.dead_letters.get(), 1);
+    reader.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_with_other_session_settings_changes_nothing_downstream() {
+    let s = Stack::new().await;
+    s.sql
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{}\" SET DateStyle = 'SQL, DMY'; \
+             ALTER DATABASE \"{}\" SET IntervalStyle = 'sql_standard'; \
+             ALTER DATABASE \"{}\" SET extra_float_digits = -2",
+            s.db.name, s.db.name, s.db.name
+        ))
+        .await
+        .unwrap();
+    // Existing rows go through the snapshot, new ones through the stream: both read text.
+    let form = s.form("datestyle").await;
+    let form_id = form["id"].as_str().unwrap().to_string();
+    let before = s
+        .call(
+            Method::POST,
+            &format!("/v1/forms/{form_id}/responses"),
+            Some(json!({"answers": {"name": "before", "age": 0.1}})),
+        )
+        .await;
+    let reader = s.start_reader(s.config());
+    reader.streaming().await;
+    let after = s
+        .call(
+            Method::POST,
+            &format!("/v1/forms/{form_id}/responses"),
+            Some(json!({"answers": {"name": "after", "age": 12.25}})),
+        )
+        .await;
+    let want: Vec<String> = [&before, &after]
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    let events = s
+        .responses(WAIT, |evs| want.iter().all(|w| ids(evs).contains(w)))
+        .await;
+    for r in [&before, &after] {
+        let e = events
+            .iter()
+            .find(|e| e.value.response_id == r["id"].as_str().unwrap())
+            .unwrap();
+        let submitted = chrono::DateTime::parse_from_rfc3339(r["submitted_at"].as_str().unwrap())
+            .unwrap()
+            .timestamp_micros();
+        assert_eq!(e.value.submitted_at, submitted, "{r}");
+        let age = e
+            .value
+            .answers
+            .iter()
+            .find(|a| a.alias.as_deref() == Some("age"));
+        assert!(age.and_then(|a| a.number.as_deref()).is_some());
+    }
+    let numbers: Vec<&str> = events
+        .iter()
+        .flat_map(|e| e.value.answers.iter())
+        .filter_map(|a| a.number.as_deref())
+        .collect();
+    assert!(
+        numbers.contains(&"0.1") && numbers.contains(&"12.25"),
+        "{numbers:?}"
+    );
+    // The form event's times too.
+    let forms = s.form_events(WAIT, |n| n >= 1).await;
+    let created = chrono::DateTime::parse_from_rfc3339(form["created_at"].as_str().unwrap())
+        .unwrap()
+        .timestamp_micros();
+    assert!(
+        forms
+            .iter()
+            .filter_map(|f| f.value.form.as_ref())
+            .any(|f| f.created_at == created),
+        "no form event with the form's creation time"
+    );
+    reader.stop().await;
+}

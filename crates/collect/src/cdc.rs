@@ -52,6 +52,10 @@ pub struct CdcArgs {
     /// CPU decompressing than it saves: the dev stack uses none.
     #[arg(long, env = "COLLECT_KAFKA_COMPRESSION", default_value = "lz4")]
     compression: String,
+    /// Largest record in bytes: the producer's message.max.bytes and the max.message.bytes
+    /// of the topics the reader creates. Larger events become bounded dead letters.
+    #[arg(long, env = "COLLECT_KAFKA_MAX_MESSAGE_BYTES", default_value_t = collect_cdc::kafka::DEFAULT_MAX_MESSAGE_BYTES)]
+    max_message_bytes: usize,
     /// Extra librdkafka setting, KEY=VALUE (repeatable), e.g. security.protocol=SASL_SSL.
     #[arg(long = "kafka-option", value_parser = parse_key_value)]
     kafka_options: Vec<(String, String)>,
@@ -81,6 +85,7 @@ pub async fn run(a: CdcArgs) -> Result<()> {
             message_timeout: Duration::from_secs(a.message_timeout_secs),
             max_queued: a.max_queued,
             compression: a.compression,
+            max_message_bytes: a.max_message_bytes,
             extra: a.kafka_options,
         },
         heartbeat: (a.heartbeat_secs > 0).then(|| Duration::from_secs(a.heartbeat_secs)),

@@ -82,6 +82,15 @@ enum Command {
         /// Apply pending migrations before serving.
         #[arg(long)]
         migrate: bool,
+        /// Largest response document accepted, in bytes of JSON (every answer of a response
+        /// together). Keep it well under the topics' message size (the reader's
+        /// --max-message-bytes, 1,000,000 by default): each event carries the whole document.
+        #[arg(
+            long,
+            env = "COLLECT_API_MAX_RESPONSE_BYTES",
+            default_value_t = collect_store::DEFAULT_MAX_DOCUMENT_BYTES
+        )]
+        max_response_bytes: usize,
     },
     /// Serve the Confluent-compatible schema registry (storage in Postgres).
     Registry {
@@ -222,11 +231,14 @@ async fn run(cli: Cli) -> Result<()> {
             listen,
             db_connections,
             migrate: apply,
+            max_response_bytes,
         } => {
             if apply {
                 migrate(&db).await?;
             }
-            let store = store(&db, db_connections).await?;
+            let store = store(&db, db_connections)
+                .await?
+                .with_max_document_bytes(max_response_bytes);
             store
                 .ready()
                 .await

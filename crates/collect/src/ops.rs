@@ -83,6 +83,9 @@ pub struct SnapshotArgs {
     /// Compression of the records (as the reader's `--compression`).
     #[arg(long, env = "COLLECT_KAFKA_COMPRESSION", default_value = "lz4")]
     compression: String,
+    /// Largest record in bytes (as the reader's `--max-message-bytes`).
+    #[arg(long, env = "COLLECT_KAFKA_MAX_MESSAGE_BYTES", default_value_t = collect_cdc::kafka::DEFAULT_MAX_MESSAGE_BYTES)]
+    max_message_bytes: usize,
     /// Extra librdkafka producer setting, KEY=VALUE (repeatable).
     #[arg(long = "kafka-option", value_parser = parse_key_value)]
     kafka_options: Vec<(String, String)>,
@@ -103,6 +106,7 @@ pub async fn snapshot(a: SnapshotArgs) -> Result<()> {
         message_timeout: Duration::from_secs(300),
         max_queued: 100_000,
         compression: a.compression.clone(),
+        max_message_bytes: a.max_message_bytes,
         extra: a.kafka_options.clone(),
     };
     let started = Instant::now();

@@ -133,7 +133,12 @@ pub async fn run(c: Connect, mut stop: watch::Receiver<bool>) -> Result<(), Stri
             lease = None;
         }
         if lease.is_none() {
-            match tokio_postgres::connect(&c.database_url, NoTls).await {
+            let cfg = collect_store::pg::lease_config(&c.database_url);
+            let connected = match cfg {
+                Ok(cfg) => cfg.connect(NoTls).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
+            match connected {
                 Ok((client, conn)) => {
                     let (tx, rx) = watch::channel(false);
                     tokio::spawn(async move {

@@ -5,11 +5,30 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use crate::number::{Decimal, NumberError};
 use crate::text::{TEXT_MAX_CHARS, check_text};
 use crate::{FieldError, Question, QuestionType, normalize_email, normalize_phone};
+
+/// Answers as submitted, keyed by question id or alias, each value as its raw JSON text, so
+/// that a number keeps every digit it was written with (see [`crate::number`]).
+pub type AnswerInputs = BTreeMap<String, Box<RawValue>>;
+
+/// Raw answers from a JSON object (tests and tools that build answers as values). Numbers
+/// pass through a double here: use [`AnswerInputs`] parsed from the request text to keep
+/// their digits.
+pub fn inputs_from_map(map: &Map<String, Value>) -> AnswerInputs {
+    map.iter()
+        .filter_map(|(k, v)| {
+            RawValue::from_string(v.to_string())
+                .ok()
+                .map(|r| (k.clone(), r))
+        })
+        .collect()
+}
 
 const METADATA_MAX_BYTES: usize = 16 * 1024;
 const METADATA_MAX_KEYS: usize = 64;
@@ -19,8 +38,8 @@ const METADATA_MAX_KEYS: usize = 64;
 pub enum AnswerValue {
     /// text, long_text, email (domain lower-cased), phone (E.164) and single_choice (the code).
     Text(String),
-    /// A finite JSON number.
-    Number(serde_json::Number),
+    /// A number, exactly as submitted (canonical plain decimal, see [`crate::number`]).
+    Number(Decimal),
     /// A boolean.
     Boolean(bool),
     /// A calendar date.
@@ -30,11 +49,17 @@ pub enum AnswerValue {
 }
 
 impl AnswerValue {
-    /// The value as JSON (dates as `YYYY-MM-DD`).
+    /// The value as JSON (dates as `YYYY-MM-DD`). A number goes through a double here: use
+    /// the document's serialization (which writes its exact digits) to keep them.
     pub fn to_json(&self) -> Value {
         match self {
             Self::Text(s) => Value::String(s.clone()),
-            Self::Number(n) => Value::Number(n.clone()),
+            Self::Number(n) => n
+                .as_str()
+                .parse::<f64>()
+                .ok()
+                .and_then(serde_json::Number::from_f64)
+                .map_or(Value::Null, Value::Number),
             Self::Boolean(b) => Value::Bool(*b),
             Self::Date(d) => Value::String(d.format("%Y-%m-%d").to_string()),
             Self::Choices(c) => Value::Array(c.iter().cloned().map(Value::String).collect()),
@@ -55,17 +80,18 @@ pub struct AnswerEntry {
     pub value: AnswerValue,
 }
 
-/// The stored form, as written: the value as plain JSON.
+/// The stored form, as written: the value as plain JSON, a number as its exact digits.
 #[derive(Serialize)]
 struct RawEntryOut {
     alias: Option<String>,
     #[serde(rename = "type")]
     qtype: QuestionType,
-    value: Value,
+    value: Box<RawValue>,
 }
 
 /// The stored form, as read: the value decoded straight into a small typed shape, without
-/// building a JSON tree (the CDC reader decodes one document per event).
+/// building a JSON tree (the CDC reader decodes one document per event). Documents are read
+/// from JSON text (`serde_json::from_str`/`from_slice`): a number's digits come from the text.
 #[derive(Deserialize)]
 struct RawEntryIn {
     alias: Option<String>,
@@ -77,7 +103,7 @@ struct RawEntryIn {
 /// A stored answer value before its question type gives it meaning.
 enum StoredValue {
     Str(String),
-    Num(serde_json::Number),
+    Num(String),
     Bool(bool),
     List(Vec<String>),
     Other(&'static str),
@@ -85,56 +111,30 @@ enum StoredValue {
 
 impl<'de> Deserialize<'de> for StoredValue {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = StoredValue;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a string, number, boolean or list of strings")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<StoredValue, E> {
-                Ok(StoredValue::Str(v.to_string()))
-            }
-            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<StoredValue, E> {
-                Ok(StoredValue::Str(v))
-            }
-            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<StoredValue, E> {
-                Ok(StoredValue::Bool(v))
-            }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<StoredValue, E> {
-                Ok(StoredValue::Num(v.into()))
-            }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<StoredValue, E> {
-                Ok(StoredValue::Num(v.into()))
-            }
-            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<StoredValue, E> {
-                Ok(serde_json::Number::from_f64(v)
-                    .map_or(StoredValue::Other("a non-finite number"), StoredValue::Num))
-            }
-            fn visit_unit<E: serde::de::Error>(self) -> Result<StoredValue, E> {
-                Ok(StoredValue::Other("null"))
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<StoredValue, A::Error> {
-                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(4));
-                while let Some(item) = seq.next_element::<String>()? {
-                    items.push(item);
-                }
-                Ok(StoredValue::List(items))
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<StoredValue, A::Error> {
-                while map
-                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
-                    .is_some()
-                {}
-                Ok(StoredValue::Other("an object"))
-            }
+        // The raw text, so that a number keeps the digits Postgres stored (jsonb keeps
+        // numbers as numeric); only JSON text deserializers (from_str, from_slice) give it.
+        let raw = Box::<RawValue>::deserialize(d)?;
+        Ok(StoredValue::from_raw(raw.get()))
+    }
+}
+
+impl StoredValue {
+    fn from_raw(text: &str) -> StoredValue {
+        let t = text.trim();
+        match t.as_bytes().first() {
+            Some(b'"') => serde_json::from_str(t)
+                .map(StoredValue::Str)
+                .unwrap_or(StoredValue::Other("a malformed string")),
+            Some(b't') => StoredValue::Bool(true),
+            Some(b'f') => StoredValue::Bool(false),
+            Some(b'n') => StoredValue::Other("null"),
+            Some(b'[') => serde_json::from_str(t)
+                .map(StoredValue::List)
+                .unwrap_or(StoredValue::Other("a list of other things than strings")),
+            Some(b'{') => StoredValue::Other("an object"),
+            Some(b'-' | b'0'..=b'9') => StoredValue::Num(t.to_string()),
+            _ => StoredValue::Other("an unknown value"),
         }
-        d.deserialize_any(V)
     }
 }
 
@@ -152,8 +152,13 @@ impl StoredValue {
 
 impl From<AnswerEntry> for RawEntryOut {
     fn from(e: AnswerEntry) -> Self {
+        let text = match &e.value {
+            AnswerValue::Number(n) => n.as_str().to_string(),
+            other => other.to_json().to_string(),
+        };
         RawEntryOut {
-            value: e.value.to_json(),
+            // Our own JSON text: always valid.
+            value: RawValue::from_string(text).unwrap_or_default(),
             alias: e.alias,
             qtype: e.qtype,
         }
@@ -182,7 +187,7 @@ impl TryFrom<RawEntryIn> for AnswerEntry {
 fn decode_stored(qtype: QuestionType, v: StoredValue) -> Option<AnswerValue> {
     use QuestionType::*;
     Some(match (qtype, v) {
-        (Number, StoredValue::Num(n)) => AnswerValue::Number(n),
+        (Number, StoredValue::Num(n)) => AnswerValue::Number(Decimal::parse(&n).ok()?),
         (Boolean, StoredValue::Bool(b)) => AnswerValue::Boolean(b),
         (Date, StoredValue::Str(s)) => {
             AnswerValue::Date(NaiveDate::parse_from_str(&s, "%Y-%m-%d").ok()?)
@@ -203,9 +208,33 @@ fn wrong_type(expected: &str) -> (&'static str, String) {
     ("wrong_type", format!("expected {expected}"))
 }
 
-/// Checks one non-null JSON value against its question and normalises it. `Ok(None)` means
-/// the value is empty (blank text, no choices) and counts as no answer.
-fn check_value(q: &Question, v: &Value) -> Result<Option<AnswerValue>, (&'static str, String)> {
+/// Whether a raw answer is JSON `null`.
+fn is_null(raw: &RawValue) -> bool {
+    raw.get().trim() == "null"
+}
+
+/// Checks one non-null raw JSON value against its question and normalises it. `Ok(None)`
+/// means the value is empty (blank text, no choices) and counts as no answer.
+fn check_value(
+    q: &Question,
+    raw: &RawValue,
+) -> Result<Option<AnswerValue>, (&'static str, String)> {
+    if q.qtype == QuestionType::Number {
+        // The literal itself, never a double: every digit is kept or the answer refused.
+        let t = raw.get().trim();
+        if !t.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
+            return Err(wrong_type("a number"));
+        }
+        return match Decimal::parse(t) {
+            Ok(d) => Ok(Some(AnswerValue::Number(d))),
+            Err(NumberError::OutOfRange) => {
+                Err(("number_out_of_range", NumberError::OutOfRange.to_string()))
+            }
+            Err(e) => Err(("wrong_type", e.to_string())),
+        };
+    }
+    let v: Value = serde_json::from_str(raw.get()).map_err(|_| wrong_type("a JSON value"))?;
+    let v = &v;
     let text = |v: &Value| {
         v.as_str()
             .map(str::to_string)
@@ -232,14 +261,12 @@ fn check_value(q: &Question, v: &Value) -> Result<Option<AnswerValue>, (&'static
             if s.trim().is_empty() {
                 return Ok(None);
             }
-            AnswerValue::Text(normalize_phone(&s).map_err(|m| ("invalid_phone", m))?)
+            AnswerValue::Text(
+                normalize_phone(&s, q.default_region.as_deref())
+                    .map_err(|m| ("invalid_phone", m))?,
+            )
         }
-        QuestionType::Number => match v {
-            Value::Number(n) if n.as_f64().is_some_and(f64::is_finite) => {
-                AnswerValue::Number(n.clone())
-            }
-            _ => return Err(wrong_type("a number")),
-        },
+        QuestionType::Number => return Err(wrong_type("a number")),
         QuestionType::Boolean => {
             AnswerValue::Boolean(v.as_bool().ok_or_else(|| wrong_type("true or false"))?)
         }
@@ -304,9 +331,9 @@ fn check_choice(q: &Question, code: &str) -> Result<(), (&'static str, String)> 
 /// (the form's live questions), refusing unknown and doubly named ones.
 fn resolve_keys<'q, 'a>(
     questions: &'q [Question],
-    answers: &'a Map<String, Value>,
+    answers: &'a AnswerInputs,
     errors: &mut Vec<FieldError>,
-) -> Vec<(&'q Question, &'a str, &'a Value)> {
+) -> Vec<(&'q Question, &'a str, &'a RawValue)> {
     let by_id: HashMap<Uuid, &Question> = questions.iter().map(|q| (q.id, q)).collect();
     let by_alias: HashMap<&str, &Question> = questions
         .iter()
@@ -335,7 +362,7 @@ fn resolve_keys<'q, 'a>(
             ));
             continue;
         }
-        out.push((q, key.as_str(), value));
+        out.push((q, key.as_str(), &**value));
     }
     out
 }
@@ -354,12 +381,12 @@ fn entry(q: &Question, value: AnswerValue) -> AnswerEntry {
 /// answer. Every required question must be answered. All problems are reported at once.
 pub fn resolve_answers(
     questions: &[Question],
-    answers: &Map<String, Value>,
+    answers: &AnswerInputs,
 ) -> Result<ResponseDocument, Vec<FieldError>> {
     let mut errors = Vec::new();
     let mut doc = ResponseDocument::new();
     for (q, key, value) in resolve_keys(questions, answers, &mut errors) {
-        if value.is_null() {
+        if is_null(value) {
             continue;
         }
         match check_value(q, value) {
@@ -402,12 +429,12 @@ fn refers_to(e: &FieldError, q: &Question) -> bool {
 pub fn apply_answer_patch(
     questions: &[Question],
     current: &ResponseDocument,
-    patch: &Map<String, Value>,
+    patch: &AnswerInputs,
 ) -> Result<ResponseDocument, Vec<FieldError>> {
     let mut errors = Vec::new();
     let mut doc = current.clone();
     for (q, key, value) in resolve_keys(questions, patch, &mut errors) {
-        let checked = if value.is_null() {
+        let checked = if is_null(value) {
             Ok(None)
         } else {
             check_value(q, value)
@@ -495,6 +522,7 @@ mod tests {
             qtype,
             alias: Some(alias.into()),
             position: n as i32,
+            default_region: None,
             required,
             options: if qtype.is_choice() {
                 vec![
@@ -528,8 +556,8 @@ mod tests {
         ]
     }
 
-    fn map(v: Value) -> Map<String, Value> {
-        v.as_object().unwrap().clone()
+    fn map(v: Value) -> AnswerInputs {
+        serde_json::from_str(&v.to_string()).unwrap()
     }
 
     #[test]

@@ -6,14 +6,16 @@
 
 mod answer;
 mod error;
+pub mod number;
 mod question;
 mod text;
 
 pub use answer::{
-    AnswerEntry, AnswerValue, ResponseDocument, apply_answer_patch, resolve_answers,
-    validate_metadata,
+    AnswerEntry, AnswerInputs, AnswerValue, ResponseDocument, apply_answer_patch, inputs_from_map,
+    resolve_answers, validate_metadata,
 };
 pub use error::FieldError;
+pub use number::{Decimal, NUMBER_MAX_DIGITS};
 pub use question::{
     ChoiceOption, FormSpec, QUESTIONS_MAX, Question, QuestionPatch, QuestionSpec, QuestionType,
     validate_form_spec, validate_question_patch, validate_question_spec,

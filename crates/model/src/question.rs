@@ -109,6 +109,10 @@ pub struct Question {
     pub required: bool,
     /// Options of a choice question; empty otherwise.
     pub options: Vec<ChoiceOption>,
+    /// For a phone question: the region (ISO 3166-1 alpha-2, `GB`) of numbers written without
+    /// a country code, as libphonenumber's default region. `None`: a country code is required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_region: Option<String>,
 }
 
 /// A new question, as given to `POST /v1/forms` or `POST /v1/forms/{id}/questions`.
@@ -129,6 +133,9 @@ pub struct QuestionSpec {
     /// Options, required for choice questions and refused for the others.
     #[serde(default)]
     pub options: Option<Vec<ChoiceOption>>,
+    /// Phone questions only: the region of numbers written without a country code.
+    #[serde(default)]
+    pub default_region: Option<String>,
 }
 
 /// A new form, as given to `POST /v1/forms`.
@@ -168,6 +175,9 @@ pub struct QuestionPatch {
     /// The type cannot change once answers may exist; accepted only if unchanged.
     #[serde(default, rename = "type")]
     pub qtype: Option<QuestionType>,
+    /// New default region of a phone question; `Some(None)` removes it.
+    #[serde(default, deserialize_with = "present")]
+    pub default_region: Option<Option<String>>,
 }
 
 /// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
@@ -264,7 +274,31 @@ pub fn validate_question_spec(q: &QuestionSpec, field: &str) -> Vec<FieldError> 
         push(&mut errors, &format!("{field}.alias"), check_alias(alias));
     }
     check_options(&mut errors, field, q.qtype, q.options.as_deref());
+    if let Some(region) = &q.default_region {
+        push(
+            &mut errors,
+            &format!("{field}.default_region"),
+            check_region(q.qtype, region),
+        );
+    }
     errors
+}
+
+/// Checks a phone question's default region: a region libphonenumber knows.
+fn check_region(qtype: QuestionType, region: &str) -> Result<(), (&'static str, String)> {
+    if qtype != QuestionType::Phone {
+        return Err((
+            "not_allowed",
+            "only phone questions take a default region".into(),
+        ));
+    }
+    if crate::text::phone_region(region).is_none() {
+        return Err((
+            "invalid_region",
+            format!("'{region}' is not a region code (ISO 3166-1 alpha-2, e.g. GB)"),
+        ));
+    }
+    Ok(())
 }
 
 /// Validates a new form and its questions (aliases unique within the form).
@@ -326,6 +360,16 @@ pub fn validate_question_patch(
     }
     if let Some(required) = patch.required {
         next.required = required;
+    }
+    if let Some(region) = &patch.default_region {
+        if let Some(r) = region {
+            push(
+                &mut errors,
+                "default_region",
+                check_region(current.qtype, r),
+            );
+        }
+        next.default_region = region.clone();
     }
     if let Some(position) = patch.position {
         next.position = position;
@@ -428,6 +472,7 @@ mod tests {
             position: 0,
             required: false,
             options: vec![],
+            default_region: None,
         };
         let p: QuestionPatch = serde_json::from_str(r#"{"alias": null, "label": "B"}"#).unwrap();
         let next = validate_question_patch(&q, &p).unwrap();

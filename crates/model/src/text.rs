@@ -73,38 +73,89 @@ pub fn normalize_email(value: &str) -> Result<String, String> {
     Ok(format!("{local}@{}", domain.to_lowercase()))
 }
 
-/// Validates a phone number in international form and returns it as E.164 (`+` and 8 to 15
-/// digits, no leading zero in the country code).
+/// The libphonenumber region of an ISO 3166-1 alpha-2 code (`GB`), if it is one.
+pub(crate) fn phone_region(code: &str) -> Option<phonenumber::country::Id> {
+    if code.len() != 2 || !code.bytes().all(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
+    code.parse().ok()
+}
+
+/// Parses, validates and formats a phone number with libphonenumber's metadata (the
+/// `phonenumber` crate) and returns it in E.164 (`+447700900123`).
 ///
-/// Spaces, dashes, dots and parentheses are accepted as separators, and a leading `00` as the
-/// international prefix. Numbers without a country code are refused rather than guessed.
-pub fn normalize_phone(value: &str) -> Result<String, String> {
+/// Written with its country code (`+44 (0)20 7946 0958`, or `00` as the international
+/// prefix), a national trunk prefix is dropped where that country's rules say so (the UK's
+/// `0`) and kept where it belongs to the number (Italy's leading `0`). Without a country code
+/// the number is read as a number of `default_region` (an ISO 3166-1 alpha-2 code), and
+/// refused when there is none rather than guessed. A number libphonenumber does not know as
+/// valid for its country (impossible lengths, unassigned ranges such as `+1 000 000 0000`) is
+/// refused.
+pub fn normalize_phone(value: &str, default_region: Option<&str>) -> Result<String, String> {
     let trimmed = value.trim();
-    let rest = if let Some(r) = trimmed.strip_prefix('+') {
-        r
-    } else if let Some(r) = trimmed.strip_prefix("00") {
-        r
-    } else {
-        return Err("phone number must start with '+' and the country code (E.164)".into());
+    if trimmed.is_empty() {
+        return Err("phone number is empty".into());
+    }
+    if trimmed.chars().count() > 64 {
+        return Err("phone number is longer than 64 characters".into());
+    }
+    if let Some(c) = trimmed
+        .chars()
+        .find(|c| !(c.is_ascii_digit() || " -.()/+\u{a0}".contains(*c)))
+    {
+        return Err(format!("phone number contains '{c}'"));
+    }
+    // A leading 00 is the international prefix of most countries (ITU-T E.164 annex).
+    let international = match trimmed.strip_prefix("00") {
+        Some(rest) => format!("+{rest}"),
+        None => trimmed.to_string(),
     };
-    let mut digits = String::with_capacity(16);
-    for c in rest.chars() {
-        match c {
-            '0'..='9' => digits.push(c),
-            ' ' | '-' | '.' | '(' | ')' => {}
-            _ => return Err(format!("phone number contains '{c}'")),
+    let region = match default_region {
+        Some(code) => {
+            Some(phone_region(code).ok_or_else(|| format!("'{code}' is not a region code"))?)
         }
+        None => None,
+    };
+    if region.is_none() && !international.starts_with('+') {
+        return Err(
+            "phone number must start with '+' and the country code (E.164), or the question must name a default region".into(),
+        );
     }
-    if !(8..=15).contains(&digits.len()) {
-        return Err(format!(
-            "phone number has {} digits; E.164 allows 8 to 15",
-            digits.len()
-        ));
+    let number = phonenumber::parse(region, &international)
+        .map_err(|e| format!("'{trimmed}' is not a phone number: {e}"))?;
+    let e164 = number.format().mode(phonenumber::Mode::E164).to_string();
+    if phonenumber::is_valid(&number) {
+        return Ok(e164);
     }
-    if digits.starts_with('0') {
-        return Err("country code cannot start with 0".into());
+    // libphonenumber only parsed the trunk prefix away when the rest was a valid number; a
+    // number reserved for fiction keeps it: drop it by the country's rule, then check.
+    let national = number.national().to_string();
+    let code = number.code().value();
+    let stripped = phonenumber::metadata::DATABASE
+        .by_code(&code)
+        .unwrap_or_default()
+        .into_iter()
+        .find_map(|m| m.national_prefix().and_then(|p| national.strip_prefix(p)))
+        .unwrap_or(&national)
+        .to_string();
+    if reserved_for_fiction(code, &stripped) {
+        return Ok(format!("+{code}{stripped}"));
     }
-    Ok(format!("+{digits}"))
+    Err(format!(
+        "'{trimmed}' is not a valid number for its country (libphonenumber)"
+    ))
+}
+
+/// Numbers a regulator reserves for drama and documentation, which forms see in examples and
+/// tests: valid in form, never assigned, so libphonenumber does not list them. Ofcom's UK
+/// mobile range 07700 900000 to 900999 and 01632 960000 to 960999 (the UK's other drama
+/// ranges, such as 020 7946 0xxx, sit inside assigned ranges and are valid already).
+fn reserved_for_fiction(code: u16, national: &str) -> bool {
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    code == 44
+        && national.len() == 10
+        && digits(national)
+        && (national.starts_with("7700900") || national.starts_with("1632960"))
 }
 
 #[cfg(test)]
@@ -137,13 +188,29 @@ mod tests {
 
     #[test]
     fn phones() {
+        let e164 = |s: &str| normalize_phone(s, None).unwrap();
+        assert_eq!(e164("+1 (415) 555-0100"), "+14155550100");
+        assert_eq!(e164("0044 20 7946 0958"), "+442079460958");
+        // The UK's trunk 0 written after the country code is dropped, as libphonenumber does.
+        assert_eq!(e164("+44 (0)20 7946 0958"), "+442079460958");
+        assert_eq!(e164("+44 07911 123456"), "+447911123456");
+        assert_eq!(e164("+44 07700 900000"), "+447700900000");
+        assert_eq!(e164("+49 (0)30 901820"), "+4930901820");
+        // Italy's leading 0 belongs to the number and stays.
+        assert_eq!(e164("+39 06 6982 1234"), "+390669821234");
+        // Without a country code: the question's default region.
         assert_eq!(
-            normalize_phone("+1 (415) 555-0100").unwrap(),
-            "+14155550100"
+            normalize_phone("020 7946 0958", Some("GB")).unwrap(),
+            "+442079460958"
         );
         assert_eq!(
-            normalize_phone("0044 20 7946 0958").unwrap(),
-            "+442079460958"
+            normalize_phone("(415) 555-0100", Some("US")).unwrap(),
+            "+14155550100"
+        );
+        // A country code wins over the default region.
+        assert_eq!(
+            normalize_phone("+33 1 42 68 53 00", Some("GB")).unwrap(),
+            "+33142685300"
         );
         for bad in [
             "4155550100",
@@ -151,10 +218,18 @@ mod tests {
             "+0123456789",
             "+1415555010012345",
             "+1-415-CALL-NOW",
+            "+1 000 000 0000",
+            "+44 20 1234",
+            "+1234",
             "",
         ] {
-            assert!(normalize_phone(bad).is_err(), "{bad} should be refused");
+            assert!(
+                normalize_phone(bad, None).is_err(),
+                "{bad} should be refused"
+            );
         }
+        assert!(normalize_phone("020 7946 0958", Some("gb")).is_err());
+        assert!(normalize_phone("020 7946 0958", Some("ZZ")).is_err());
     }
 
     #[test]

@@ -57,7 +57,8 @@ pub struct FormSummary {
 }
 
 const FORM_COLUMNS: &str = "id, title, description, status, version, created_at, updated_at";
-const QUESTION_COLUMNS: &str = "id, label, type, alias, position, required, options";
+const QUESTION_COLUMNS: &str =
+    "id, label, type, alias, position, required, options, default_region";
 
 fn summary(row: &Row) -> FormSummary {
     FormSummary {
@@ -90,6 +91,7 @@ fn question_at(row: &Row, at: usize) -> Result<Question> {
         position: row.get(at + 4),
         required: row.get(at + 5),
         options,
+        default_region: row.get(at + 7),
     })
 }
 
@@ -119,12 +121,13 @@ async fn insert_question(
         position,
         required: spec.required,
         options: spec.options.clone().unwrap_or_default(),
+        default_region: spec.default_region.clone(),
     };
     let options =
         serde_json::to_value(&q.options).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     tx.execute(
-        "INSERT INTO questions (id, form_id, label, type, alias, position, required, options) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO questions (id, form_id, label, type, alias, position, required, options, \
+         default_region) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         &[
             &q.id,
             &form_id,
@@ -134,6 +137,7 @@ async fn insert_question(
             &q.position,
             &q.required,
             &options,
+            &q.default_region,
         ],
     )
     .await?;
@@ -332,7 +336,7 @@ impl Store {
             serde_json::to_value(&next.options).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         tx.execute(
             "UPDATE questions SET label = $2, alias = $3, required = $4, options = $5, \
-             position = $6, updated_at = now() WHERE id = $1",
+             position = $6, default_region = $7, updated_at = now() WHERE id = $1",
             &[
                 &question_id,
                 &next.label,
@@ -340,6 +344,7 @@ impl Store {
                 &next.required,
                 &options,
                 &next.position,
+                &next.default_region,
             ],
         )
         .await?;

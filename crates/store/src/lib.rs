@@ -8,6 +8,7 @@ mod cache;
 mod forms;
 pub mod migrate;
 mod orgs;
+pub mod pg;
 mod responses;
 
 use std::time::Duration;
@@ -46,7 +47,20 @@ pub enum StoreError {
     /// A stored value could not be decoded (a bug or a manual edit of the database).
     #[error("corrupt stored data: {0}")]
     Corrupt(String),
+    /// The response's answers would exceed the largest document the pipeline carries.
+    #[error("the response's answers would take {bytes} bytes as JSON; the limit is {limit} bytes")]
+    TooLarge {
+        /// Size of the document, in bytes of JSON.
+        bytes: usize,
+        /// The configured maximum.
+        limit: usize,
+    },
 }
+
+/// Default largest response document, in bytes of JSON: every response event carries the
+/// whole document, so this stays well under the topics' message size (1 MiB by default, see
+/// the README's size limits).
+pub const DEFAULT_MAX_DOCUMENT_BYTES: usize = 512 * 1024;
 
 /// Result alias of the store.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -71,9 +85,7 @@ impl Default for PoolSettings {
 
 /// Opens a pool of connections to `database_url` (a libpq-style URL or key=value string).
 pub fn connect_pool(database_url: &str, settings: &PoolSettings) -> Result<Pool, String> {
-    let pg: tokio_postgres::Config = database_url
-        .parse()
-        .map_err(|e| format!("invalid database URL: {e}"))?;
+    let pg = pg::config(database_url)?;
     let manager = deadpool_postgres::Manager::from_config(
         pg,
         NoTls,
@@ -102,6 +114,7 @@ pub struct Store {
     pool: Pool,
     forms: cache::FormCache,
     keys: cache::KeyCache,
+    max_document_bytes: usize,
 }
 
 impl Store {
@@ -111,7 +124,20 @@ impl Store {
             pool,
             forms: cache::FormCache::new(10_000),
             keys: cache::KeyCache::new(10_000, Duration::from_secs(30)),
+            max_document_bytes: DEFAULT_MAX_DOCUMENT_BYTES,
         }
+    }
+
+    /// Sets the largest response document accepted, in bytes of JSON (submissions and edits
+    /// that would exceed it are refused and write nothing).
+    pub fn with_max_document_bytes(mut self, bytes: usize) -> Self {
+        self.max_document_bytes = bytes;
+        self
+    }
+
+    /// The largest response document accepted, in bytes of JSON.
+    pub fn max_document_bytes(&self) -> usize {
+        self.max_document_bytes
     }
 
     /// The underlying pool.

@@ -54,6 +54,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0007_sms_delivery",
         sql: include_str!("../../../migrations/0007_sms_delivery.sql"),
     },
+    Migration {
+        version: 8,
+        name: "0008_exact_values",
+        sql: include_str!("../../../migrations/0008_exact_values.sql"),
+    },
 ];
 
 /// Advisory lock key held while migrating ("collect" in ASCII).

@@ -2,12 +2,12 @@
 
 use chrono::{DateTime, Utc};
 use collect_model::{
-    AnswerValue, FieldError, ResponseDocument, apply_answer_patch, resolve_answers,
+    AnswerInputs, AnswerValue, FieldError, ResponseDocument, apply_answer_patch, resolve_answers,
     validate_metadata,
 };
 use deadpool_postgres::GenericClient;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -42,8 +42,8 @@ pub struct Response {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewResponse {
-    /// Answers keyed by question id or alias.
-    pub answers: Map<String, Value>,
+    /// Answers keyed by question id or alias, as raw JSON (numbers keep their digits).
+    pub answers: AnswerInputs,
     /// Free metadata (a JSON object).
     #[serde(default)]
     pub metadata: Option<Value>,
@@ -58,7 +58,7 @@ pub struct NewResponse {
 pub struct ResponsePatch {
     /// Answers to replace (`null` removes one), keyed by question id or alias.
     #[serde(default)]
-    pub answers: Option<Map<String, Value>>,
+    pub answers: Option<AnswerInputs>,
     /// Replaces the metadata when present.
     #[serde(default)]
     pub metadata: Option<Value>,
@@ -73,8 +73,10 @@ pub struct Submitted {
     pub replayed: bool,
 }
 
+// The document is read as text: a number's digits come from the text (jsonb keeps numbers as
+// numeric; a serde_json::Value would round them to a double).
 const RESPONSE_COLUMNS: &str =
-    "id, form_id, revision, source, metadata, answers, submitted_at, updated_at, deleted_at";
+    "id, form_id, revision, source, metadata, answers::text, submitted_at, updated_at, deleted_at";
 
 fn response(row: &Row) -> Result<Response> {
     Ok(Response {
@@ -83,7 +85,7 @@ fn response(row: &Row) -> Result<Response> {
         revision: row.get(2),
         source: row.get(3),
         metadata: row.get(4),
-        answers: serde_json::from_value(row.get(5))
+        answers: serde_json::from_str(row.get::<_, &str>(5))
             .map_err(|e| StoreError::Corrupt(format!("response document: {e}")))?,
         submitted_at: row.get(6),
         updated_at: row.get(7),
@@ -97,7 +99,7 @@ fn answer_rows<'a>(doc: impl IntoIterator<Item = (&'a Uuid, &'a AnswerValue)>) -
         doc.into_iter()
             .map(|(q, v)| match v {
                 AnswerValue::Text(s) => json!({"q": q, "t": s}),
-                AnswerValue::Number(n) => json!({"q": q, "n": n}),
+                AnswerValue::Number(n) => json!({"q": q, "n": n.as_str()}),
                 AnswerValue::Boolean(b) => json!({"q": q, "b": b}),
                 AnswerValue::Date(d) => json!({"q": q, "d": d.format("%Y-%m-%d").to_string()}),
                 AnswerValue::Choices(c) => json!({"q": q, "c": c}),
@@ -127,6 +129,20 @@ fn check_source(source: Option<&str>) -> Result<&str, FieldError> {
 }
 
 impl Store {
+    /// The document as JSON text (numbers with their exact digits), refused when larger than
+    /// the configured maximum ([`Store::max_document_bytes`]): every event carries the whole
+    /// document, and the broker refuses records over its message size.
+    fn document_text(&self, doc: &ResponseDocument) -> Result<String> {
+        let text = serde_json::to_string(doc).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        if text.len() > self.max_document_bytes {
+            return Err(StoreError::TooLarge {
+                bytes: text.len(),
+                limit: self.max_document_bytes,
+            });
+        }
+        Ok(text)
+    }
+
     /// Stores a new response with its answers in one statement (one transaction).
     ///
     /// With an idempotency key, a second submission with the same key and the same request
@@ -168,8 +184,7 @@ impl Store {
                 }
             };
             let id = Uuid::now_v7();
-            let document =
-                serde_json::to_value(&doc).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let document = self.document_text(&doc)?;
             let rows = answer_rows(doc.iter().map(|(q, e)| (q, &e.value)));
             let client = self.pool.get().await?;
             let stmt = client
@@ -180,7 +195,7 @@ impl Store {
                     ), r AS (
                         INSERT INTO responses (form_id, id, org_id, source, idempotency_key,
                                                request_sha256, metadata, answers)
-                        SELECT $1, $2, $3, $5, $6, $7, $8, $9 FROM f
+                        SELECT $1, $2, $3, $5, $6, $7, $8, $9::text::jsonb FROM f
                         ON CONFLICT (form_id, idempotency_key) DO NOTHING
                         RETURNING submitted_at, updated_at
                     ), a AS (
@@ -360,12 +375,11 @@ impl Store {
         if doc == current.answers && metadata == current.metadata {
             return Ok(current);
         }
-        let document =
-            serde_json::to_value(&doc).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let document = self.document_text(&doc)?;
         let row = tx
             .query_one(
                 &format!(
-                    "UPDATE responses SET answers = $3, metadata = $4, revision = revision + 1, \
+                    "UPDATE responses SET answers = $3::text::jsonb, metadata = $4, revision = revision + 1, \
                      updated_at = now() WHERE form_id = $1 AND id = $2 RETURNING {RESPONSE_COLUMNS}"
                 ),
                 &[&form_id, &id, &document, &metadata],

@@ -29,6 +29,8 @@ pub struct Stack {
     pub key: String,
     pub http: reqwest::Client,
     pub name: String,
+    /// The reader's largest record (tests of oversized events lower it).
+    pub max_message_bytes: usize,
 }
 
 pub struct Reader {
@@ -124,6 +126,7 @@ impl Stack {
             key,
             http: reqwest::Client::new(),
             name,
+            max_message_bytes: collect_cdc::kafka::DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
 
@@ -147,6 +150,7 @@ impl Stack {
                 message_timeout: Duration::from_secs(120),
                 max_queued: 1000,
                 compression: "none".into(),
+                max_message_bytes: self.max_message_bytes,
                 extra: vec![],
             },
             heartbeat: Some(Duration::from_secs(1)),
