@@ -1,5 +1,7 @@
-//! The ledger (migration `0006_sms`): one row per (integration, response), claimed before
-//! the provider is called.
+//! The ledger (migrations `0006_sms`, `0009_integration_start`): one row per (form, purpose,
+//! response), claimed before the provider is called. The purpose is the integration's name
+//! (or its id when it has none): an integration deleted and attached again under the same
+//! name finds the messages its predecessor sent and sends nothing twice.
 
 use chrono::{DateTime, Utc};
 use collect_connect::SinkError;
@@ -27,17 +29,24 @@ fn db(e: impl std::fmt::Display) -> SinkError {
     SinkError::retryable(format!("ledger: {e}"))
 }
 
-/// The ledger of one integration.
+/// The ledger of one integration: its form and purpose.
 #[derive(Clone)]
 pub struct Ledger {
     pool: Pool,
     integration: Uuid,
+    form: Uuid,
+    purpose: String,
 }
 
 impl Ledger {
-    /// The ledger of `integration`.
-    pub fn new(pool: Pool, integration: Uuid) -> Self {
-        Self { pool, integration }
+    /// The ledger `integration` writes to: the one of its `form` and `purpose`.
+    pub fn new(pool: Pool, integration: Uuid, form: Uuid, purpose: String) -> Self {
+        Self {
+            pool,
+            integration,
+            form,
+            purpose,
+        }
     }
 
     /// The entry of `response`, if any.
@@ -46,8 +55,8 @@ impl Ledger {
         let row = c
             .query_opt(
                 "SELECT state, to_number, body, provider_sid, error, claimed_at FROM sms_ledger \
-                 WHERE integration_id = $1 AND response_id = $2",
-                &[&self.integration, &response],
+                 WHERE form_id = $1 AND purpose = $2 AND response_id = $3",
+                &[&self.form, &self.purpose, &response],
             )
             .await
             .map_err(db)?;
@@ -66,9 +75,9 @@ impl Ledger {
         let c = self.pool.get().await.map_err(db)?;
         let n = c
             .execute(
-                "INSERT INTO sms_ledger (integration_id, response_id, state, to_number, body) \
-                 VALUES ($1, $2, 'claimed', $3, $4) ON CONFLICT DO NOTHING",
-                &[&self.integration, &response, &to, &body],
+                "INSERT INTO sms_ledger (integration_id, response_id, form_id, purpose, state, \
+                 to_number, body) VALUES ($1, $2, $3, $4, 'claimed', $5, $6) ON CONFLICT DO NOTHING",
+                &[&self.integration, &response, &self.form, &self.purpose, &to, &body],
             )
             .await
             .map_err(db)?;
@@ -84,9 +93,17 @@ impl Ledger {
     ) -> Result<(), SinkError> {
         let c = self.pool.get().await.map_err(db)?;
         c.execute(
-            "INSERT INTO sms_ledger (integration_id, response_id, state, to_number, body, error) \
-             VALUES ($1, $2, 'failed', $3, '', $4) ON CONFLICT DO NOTHING",
-            &[&self.integration, &response, &to, &error],
+            "INSERT INTO sms_ledger (integration_id, response_id, form_id, purpose, state, \
+             to_number, body, error) VALUES ($1, $2, $3, $4, 'failed', $5, '', $6) \
+             ON CONFLICT DO NOTHING",
+            &[
+                &self.integration,
+                &response,
+                &self.form,
+                &self.purpose,
+                &to,
+                &error,
+            ],
         )
         .await
         .map_err(db)?;
@@ -103,9 +120,9 @@ impl Ledger {
     ) -> Result<(), SinkError> {
         let c = self.pool.get().await.map_err(db)?;
         c.execute(
-            "UPDATE sms_ledger SET state = $3, provider_sid = COALESCE($4, provider_sid), error = $5, \
-             updated_at = now() WHERE integration_id = $1 AND response_id = $2",
-            &[&self.integration, &response, &state, &sid, &error],
+            "UPDATE sms_ledger SET state = $4, provider_sid = COALESCE($5, provider_sid), error = $6, \
+             updated_at = now() WHERE form_id = $1 AND purpose = $2 AND response_id = $3",
+            &[&self.form, &self.purpose, &response, &state, &sid, &error],
         )
         .await
         .map_err(db)?;
@@ -118,8 +135,8 @@ impl Ledger {
         let c = self.pool.get().await.map_err(db)?;
         c.execute(
             "UPDATE sms_ledger SET state = 'claimed', attempts = attempts + 1, claimed_at = now(), \
-             updated_at = now() WHERE integration_id = $1 AND response_id = $2",
-            &[&self.integration, &response],
+             updated_at = now() WHERE form_id = $1 AND purpose = $2 AND response_id = $3",
+            &[&self.form, &self.purpose, &response],
         )
         .await
         .map_err(db)?;
@@ -130,8 +147,9 @@ impl Ledger {
     pub async fn forget_failure(&self, response: Uuid) -> Result<(), SinkError> {
         let c = self.pool.get().await.map_err(db)?;
         c.execute(
-            "DELETE FROM sms_ledger WHERE integration_id = $1 AND response_id = $2 AND state = 'failed'",
-            &[&self.integration, &response],
+            "DELETE FROM sms_ledger WHERE form_id = $1 AND purpose = $2 AND response_id = $3 \
+             AND state = 'failed'",
+            &[&self.form, &self.purpose, &response],
         )
         .await
         .map_err(db)?;
@@ -142,8 +160,9 @@ impl Ledger {
     pub async fn release(&self, response: Uuid) -> Result<(), SinkError> {
         let c = self.pool.get().await.map_err(db)?;
         c.execute(
-            "DELETE FROM sms_ledger WHERE integration_id = $1 AND response_id = $2 AND state = 'claimed'",
-            &[&self.integration, &response],
+            "DELETE FROM sms_ledger WHERE form_id = $1 AND purpose = $2 AND response_id = $3 \
+             AND state = 'claimed'",
+            &[&self.form, &self.purpose, &response],
         )
         .await
         .map_err(db)?;
@@ -174,15 +193,16 @@ impl Ledger {
         Ok(known)
     }
 
-    /// Provider ids of messages already accounted for to `to` (so that reconciliation does
-    /// not attribute one of them to another response).
+    /// Provider ids of messages already accounted for to `to`, by any integration (so that
+    /// reconciliation never takes another response's, or another integration's, message for
+    /// this one).
     pub async fn sids_to(&self, to: &str, since: DateTime<Utc>) -> Result<Vec<String>, SinkError> {
         let c = self.pool.get().await.map_err(db)?;
         let rows = c
             .query(
-                "SELECT provider_sid FROM sms_ledger WHERE integration_id = $1 AND to_number = $2 \
-                 AND provider_sid IS NOT NULL AND updated_at >= $3",
-                &[&self.integration, &to, &since],
+                "SELECT provider_sid FROM sms_ledger WHERE to_number = $1 \
+                 AND provider_sid IS NOT NULL AND updated_at >= $2",
+                &[&to, &since],
             )
             .await
             .map_err(db)?;

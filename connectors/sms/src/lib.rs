@@ -17,6 +17,7 @@ pub mod template;
 use collect_connect::kind::{Callback, CallbackError, Kind, KindError, Prepared, decode, encode};
 use collect_model::FieldError;
 use serde_json::Value;
+use uuid::Uuid;
 
 pub use config::{Config, Credentials, Recipient};
 pub use provider::Twilio;
@@ -98,6 +99,9 @@ fn check(config: &Config) -> Result<(), KindError> {
 impl Kind for Sms {
     const NAME: &'static str = "sms";
     type Sink = SmsSink<Twilio>;
+    /// A notification: only responses submitted after the integration was attached.
+    const DEFAULT_START: collect_connect::store::Start = collect_connect::store::Start::Creation;
+    const NOTIFIES: bool = true;
 
     async fn prepare(config: Value, credentials: Option<Value>) -> Result<Prepared, KindError> {
         let config: Config = decode("config", config)?;
@@ -170,10 +174,17 @@ impl Kind for Sms {
                 "MessageSid and MessageStatus are required".into(),
             ));
         };
-        ledger::Ledger::new(call.db.clone(), call.integration_id)
-            .delivery(sid, status)
-            .await
-            .map_err(CallbackError::Unavailable)?;
+        // Delivery reports name the integration (their URL) and the message; form and
+        // purpose do not matter to them.
+        ledger::Ledger::new(
+            call.db.clone(),
+            call.integration_id,
+            Uuid::nil(),
+            String::new(),
+        )
+        .delivery(sid, status)
+        .await
+        .map_err(CallbackError::Unavailable)?;
         Ok(())
     }
 }

@@ -259,7 +259,12 @@ impl<P: Provider> Sink for SmsSink<P> {
         batch: &[Delivery],
         ctx: &SinkContext,
     ) -> Result<BatchOutcome, SinkError> {
-        let ledger = Ledger::new(ctx.db.clone(), ctx.integration_id);
+        let ledger = Ledger::new(
+            ctx.db.clone(),
+            ctx.integration_id,
+            ctx.form_id,
+            ctx.purpose.clone(),
+        );
         let mut outcome = BatchOutcome::default();
         for (i, d) in batch.iter().enumerate() {
             let SinkEvent::Response(r) = &d.event else {

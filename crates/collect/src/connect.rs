@@ -98,6 +98,9 @@ struct FileEntry {
     /// A JSON file holding the credentials (keeps secrets out of the integrations file).
     #[serde(default)]
     credentials_file: Option<PathBuf>,
+    /// `history`, `creation` or an RFC 3339 time (the kind's default when absent).
+    #[serde(default)]
+    start: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -158,6 +161,7 @@ async fn apply_file(state: &ApiState, file: &PathBuf) -> Result<()> {
             name: Some(e.name.clone()),
             config: e.config.map(serde_json::to_value).transpose()?,
             credentials,
+            start: e.start,
         };
         bodies.push((i, e.name, e.org_id, body));
     }
@@ -165,6 +169,10 @@ async fn apply_file(state: &ApiState, file: &PathBuf) -> Result<()> {
     let mut prepared = Vec::new();
     for (i, name, org, body) in bodies {
         let kind = body.kind.clone();
+        if let Some(start) = &body.start {
+            collect_connect::store::Start::parse(start)
+                .map_err(|e| anyhow::anyhow!("integration {i} ({name}): {e}"))?;
+        }
         let config = body.config.clone().unwrap_or_else(|| serde_json::json!({}));
         state
             .kinds

@@ -328,6 +328,7 @@ pub async fn run(cmd: DeadLettersCommand) -> Result<()> {
             let ctx = SinkContext {
                 integration_id: i.id,
                 form_id: i.form_id,
+                purpose: i.purpose(),
                 limiter: Limiter::new(),
                 metrics: metrics.sink(&i.id.to_string(), &i.kind),
                 db: store.pool().clone(),

@@ -4,6 +4,7 @@ use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use collect_connect::Kinds;
 use collect_connect::offsets::{Position, Positions};
 use collect_connect::store::{Integration, IntegrationStore};
 use rdkafka::config::ClientConfig;
@@ -175,6 +176,11 @@ pub struct ReplayArgs {
     /// Return once the offsets are rewound, without following the progress.
     #[arg(long)]
     no_follow: bool,
+    /// Replay a notification integration (SMS): past responses since its start that were
+    /// never notified are sent now. Without it such a replay says what it would send and
+    /// changes nothing.
+    #[arg(long)]
+    send_past_responses: bool,
 }
 
 fn positions(t: &Topics, i: &Integration) -> Result<Positions> {
@@ -405,6 +411,30 @@ pub async fn replay(a: ReplayArgs) -> Result<()> {
         .into_iter()
         .find(|i| i.id == a.integration)
         .with_context(|| format!("no integration {}", a.integration))?;
+    if crate::kinds::Installed.notifies(&i.kind) && !a.send_past_responses {
+        let c = store.pool().get().await?;
+        let n: i64 = c
+            .query_one(
+                "SELECT count(*) FROM responses WHERE form_id = $1 AND deleted_at IS NULL \
+                 AND ($2::timestamptz IS NULL OR submitted_at >= $2)",
+                &[&i.form_id, &i.start_at],
+            )
+            .await?
+            .get(0);
+        let since = i.start_at.map_or_else(
+            || "the form's first response".to_string(),
+            |t| t.to_rfc3339(),
+        );
+        bail!(
+            "integration {} ({}) notifies people: a replay reads again the {n} live responses \
+             submitted since {since} (its start); those already notified under '{}' are \
+             skipped by its ledger, the others are sent now. Nothing changed; run again with \
+             --send-past-responses to do it",
+            i.id,
+            i.kind,
+            i.purpose()
+        );
+    }
     let was_active = i.status == "active";
     let wait = Duration::from_secs(a.wait_secs.max(1));
     if was_active {

@@ -586,3 +586,130 @@ fn records(brokers: &str, topics: &[&str]) -> i64 {
     }
     n
 }
+
+/// Messages to each recipient in the SMS emulator's log.
+async fn texts_to(texts: &Texts) -> BTreeMap<String, usize> {
+    let all = texts
+        .admin(reqwest::Method::GET, "messages", Value::Null)
+        .await;
+    let mut out = BTreeMap::new();
+    for m in all.as_array().unwrap() {
+        *out.entry(m["to"].as_str().unwrap().to_string())
+            .or_insert(0) += 1;
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_texts_only_responses_after_its_start_and_never_twice() {
+    let e = env(json!({"title": "Thanks", "questions": [
+        {"label": "Name", "type": "text", "alias": "name", "required": true},
+        {"label": "Mobile", "type": "phone", "alias": "phone"}
+    ]}))
+    .await;
+    let broker = collect_testkit::shared_broker().await.unwrap();
+    let brokers = broker.bootstrap();
+    let texts = Texts::start().await;
+    let cdc = reader(&e, &brokers);
+    cdc.wait("/status", |v| v["state"] == "streaming").await;
+    let connect = connector(&e, &brokers);
+    connect.wait("/readyz", |_| true).await;
+    let past: Vec<String> = (1..=5).map(|i| format!("+1650253000{i}")).collect();
+    for (i, p) in past.iter().enumerate() {
+        e.submit(json!({"name": format!("past {i}"), "phone": p}))
+            .await;
+    }
+    let attach = |start: Option<&str>| {
+        let mut body = json!({
+            "kind": "sms", "form_id": e.form_id(), "name": "thanks",
+            "config": {"api_base_url": texts.base, "from": "+15005550006",
+                       "to": {"question": "phone"}, "template": "Thanks {{name}}",
+                       "rates": {"per_sender_per_second": 50}},
+            "credentials": {"account_sid": texts.account["account_sid"],
+                            "auth_token": texts.account["auth_token"]}
+        });
+        if let Some(s) = start {
+            body["start"] = json!(s);
+        }
+        let (http, url, key) = (e.http.clone(), connect.url(), e.key.clone());
+        async move {
+            let r: Value = http
+                .post(format!("{url}/v1/integrations"))
+                .bearer_auth(&key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            r["id"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{r}"))
+                .to_string()
+        }
+    };
+    let wait_texted = |to: String| {
+        let texts = &texts;
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+            while texts_to(texts).await.get(&to).copied().unwrap_or(0) == 0 {
+                assert!(tokio::time::Instant::now() < deadline, "{to} never texted");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    };
+    let delete = |id: String| {
+        let (http, url, key) = (e.http.clone(), connect.url(), e.key.clone());
+        async move {
+            let r = http
+                .delete(format!("{url}/v1/integrations/{id}"))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success());
+        }
+    };
+
+    // Attached with the kind's default start (its creation), deleted, attached again.
+    let first = attach(None).await;
+    e.submit(json!({"name": "new 1", "phone": "+16502530011"}))
+        .await;
+    wait_texted("+16502530011".into()).await;
+    delete(first).await;
+    let second = attach(None).await;
+    e.submit(json!({"name": "new 2", "phone": "+16502530012"}))
+        .await;
+    wait_texted("+16502530012".into()).await;
+    let got = texts_to(&texts).await;
+    for p in &past {
+        assert_eq!(got.get(p), None, "past respondent {p} texted: {got:?}");
+    }
+    assert_eq!(got.get("+16502530011"), Some(&1), "{got:?}");
+    assert_eq!(got.get("+16502530012"), Some(&1), "{got:?}");
+
+    // A replay of a notification says what it would send and changes nothing without the flag.
+    let out = collect(&e, &brokers, &["replay", "--integration", &second]);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("--send-past-responses"), "{said}");
+
+    // Attached again under the same name, asking for the whole history: the past
+    // respondents get their one message now, the others nothing more (same form and purpose).
+    delete(second).await;
+    let _third = attach(Some("history")).await;
+    for p in &past {
+        wait_texted(p.clone()).await;
+    }
+    e.submit(json!({"name": "new 3", "phone": "+16502530013"}))
+        .await;
+    wait_texted("+16502530013".into()).await;
+    let got = texts_to(&texts).await;
+    assert!(
+        got.values().all(|n| *n == 1),
+        "someone texted twice: {got:?}"
+    );
+    assert_eq!(got.len(), 8, "{got:?}");
+    connect.kill9();
+}

@@ -19,7 +19,7 @@ use uuid::Uuid;
 use crate::crypto::Sealer;
 use crate::kind::{KindError, Kinds};
 use crate::metrics::Metrics;
-use crate::store::{Integration, IntegrationStore, NewIntegration, StoreError};
+use crate::store::{Integration, IntegrationStore, NewIntegration, Start, StoreError};
 use crate::supervisor::Running;
 
 /// State of the connect API.
@@ -111,6 +111,11 @@ pub struct NewIntegrationBody {
     /// The kind's credentials (stored encrypted, never returned).
     #[serde(default)]
     pub credentials: Option<Value>,
+    /// Where it starts: `history` (every response of the form), `creation` (responses
+    /// submitted from its creation on) or an RFC 3339 time. Absent: the kind's default for a
+    /// new integration, the current start for a replaced one.
+    #[serde(default)]
+    pub start: Option<String>,
 }
 
 /// The routes.
@@ -194,6 +199,14 @@ pub async fn apply(
             "name must be 1 to 200 characters",
         ));
     }
+    let start = match body.start.as_deref().map(Start::parse) {
+        None => None,
+        Some(Ok(start)) => Some(start),
+        Some(Err(e)) => {
+            errors.push(FieldError::new("start", "invalid", e));
+            None
+        }
+    };
     let config = body.config.unwrap_or_else(|| json!({}));
     if !config.is_object() {
         errors.push(FieldError::new(
@@ -233,6 +246,8 @@ pub async fn apply(
             name: body.name.as_deref(),
             config: &prepared.config,
             sealed,
+            start,
+            default_start: s.kinds.default_start(&body.kind),
         })
         .await
         .map_err(|e| ApiErr::from(e).0)?;

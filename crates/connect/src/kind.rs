@@ -61,6 +61,13 @@ pub trait Kind: Send + Sync + 'static {
     const NAME: &'static str;
     /// Its sink.
     type Sink: Sink;
+    /// Where a new integration of this kind starts when it does not say
+    /// ([`crate::store::Start`]): a mirror (a sheet) takes the form's whole history, a
+    /// notification (an SMS) only responses submitted from its creation on.
+    const DEFAULT_START: crate::store::Start = crate::store::Start::History;
+    /// Whether the kind notifies people (each delivery reaches a person once): operators'
+    /// tools ask for an explicit flag before they send past responses again.
+    const NOTIFIES: bool = false;
 
     /// Validates a new integration's configuration and credentials (unknown fields refused)
     /// and completes them, for example by exchanging an authorization code for a refresh
@@ -134,6 +141,12 @@ pub enum CallbackError {
 pub trait Kinds: Send + Sync + 'static {
     /// Names of the installed kinds.
     fn names(&self) -> Vec<&'static str>;
+
+    /// [`Kind::DEFAULT_START`] of kind `kind` (`History` for an unknown kind).
+    fn default_start(&self, kind: &str) -> crate::store::Start;
+
+    /// [`Kind::NOTIFIES`] of kind `kind`.
+    fn notifies(&self, kind: &str) -> bool;
 
     /// [`Kind::prepare`] of kind `kind`.
     fn prepare(
@@ -216,6 +229,24 @@ macro_rules! kinds {
         impl $crate::kind::Kinds for $name {
             fn names(&self) -> Vec<&'static str> {
                 vec![$(<$kind as $crate::kind::Kind>::NAME),*]
+            }
+
+            fn default_start(&self, kind: &str) -> $crate::store::Start {
+                $(
+                    if kind == <$kind as $crate::kind::Kind>::NAME {
+                        return <$kind as $crate::kind::Kind>::DEFAULT_START;
+                    }
+                )*
+                $crate::store::Start::History
+            }
+
+            fn notifies(&self, kind: &str) -> bool {
+                $(
+                    if kind == <$kind as $crate::kind::Kind>::NAME {
+                        return <$kind as $crate::kind::Kind>::NOTIFIES;
+                    }
+                )*
+                false
             }
 
             fn prepare(

@@ -93,6 +93,11 @@ pub struct SinkContext {
     pub integration_id: uuid::Uuid,
     /// The form it is attached to.
     pub form_id: uuid::Uuid,
+    /// What the integration is for, per form: its name, or its id when it has none. A sink
+    /// that must act once per response whatever happens to the integration (a notification)
+    /// keys its ledger by form and purpose, so that deleting the integration and attaching it
+    /// again under the same name never acts twice.
+    pub purpose: String,
     /// Rate limits, keyed as the third party counts them; shared by every integration of
     /// the process.
     pub limiter: Limiter,

@@ -14,6 +14,11 @@ use uuid::Uuid;
 pub const OPERATOR_PAUSE: &str = "paused by an operator";
 
 impl Integration {
+    /// What it is for, per form ([`crate::SinkContext::purpose`]): its name, or its id.
+    pub fn purpose(&self) -> String {
+        self.name.clone().unwrap_or_else(|| self.id.to_string())
+    }
+
     /// The sealed credentials (open them with [`crate::crypto::Sealer::open`]).
     pub fn sealed_credentials(&self) -> Option<&Vec<u8>> {
         self.sealed.as_ref()
@@ -45,6 +50,50 @@ pub enum StoreError {
     Pool(#[from] deadpool_postgres::PoolError),
 }
 
+/// Where an integration starts reading its form's responses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// The form's whole history (a mirror, such as a sheet).
+    History,
+    /// Responses submitted from the integration's creation on (a notification, such as an
+    /// SMS).
+    Creation,
+    /// Responses submitted from this time on.
+    At(DateTime<Utc>),
+}
+
+impl Start {
+    /// Parses `history`, `creation` or an RFC 3339 time.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "history" => Ok(Start::History),
+            "creation" => Ok(Start::Creation),
+            t => DateTime::parse_from_rfc3339(t)
+                .map(|t| Start::At(t.with_timezone(&Utc)))
+                .map_err(|_| {
+                    format!(
+                        "start must be \"history\", \"creation\" or an RFC 3339 time, not '{t}'"
+                    )
+                }),
+        }
+    }
+
+    fn mode(self) -> &'static str {
+        match self {
+            Start::History => "history",
+            Start::Creation => "creation",
+            Start::At(_) => "at",
+        }
+    }
+
+    fn at(self) -> Option<DateTime<Utc>> {
+        match self {
+            Start::At(t) => Some(t),
+            _ => None,
+        }
+    }
+}
+
 /// An integration as stored. Credentials stay sealed here and are never serialized.
 #[derive(Debug, Clone, Serialize)]
 pub struct Integration {
@@ -66,6 +115,11 @@ pub struct Integration {
     pub status_reason: Option<String>,
     /// Whether credentials are stored.
     pub has_credentials: bool,
+    /// `history`, `creation` or `at` (see [`Start`]).
+    pub start_mode: String,
+    /// Responses submitted before this time are never delivered to the sink (`None`: the
+    /// whole history).
+    pub start_at: Option<DateTime<Utc>>,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Last change.
@@ -74,7 +128,7 @@ pub struct Integration {
     pub(crate) sealed: Option<Vec<u8>>,
 }
 
-const COLUMNS: &str = "id, org_id, form_id, kind, name, config, status, status_reason, credentials, created_at, updated_at";
+const COLUMNS: &str = "id, org_id, form_id, kind, name, config, status, status_reason, credentials, created_at, updated_at, start_mode, start_at";
 
 fn integration(r: &Row) -> Integration {
     let sealed: Option<Vec<u8>> = r.get(8);
@@ -91,6 +145,8 @@ fn integration(r: &Row) -> Integration {
         sealed,
         created_at: r.get(9),
         updated_at: r.get(10),
+        start_mode: r.get(11),
+        start_at: r.get(12),
     }
 }
 
@@ -108,6 +164,11 @@ pub struct NewIntegration<'a> {
     pub config: &'a Value,
     /// Sealed credentials.
     pub sealed: Option<Vec<u8>>,
+    /// Where it starts; `None` keeps the start of the integration it replaces, or takes
+    /// `default_start` for a new one.
+    pub start: Option<Start>,
+    /// The kind's default start ([`crate::Kind::DEFAULT_START`]).
+    pub default_start: Start,
 }
 
 /// Access to the `integrations` table.
@@ -167,6 +228,7 @@ impl IntegrationStore {
             });
         }
         let existing = existing.map(|(id, _, _)| id);
+        let start = n.start.unwrap_or(n.default_start);
         let row = match existing {
             Some(id) => {
                 tx.query_one(
@@ -176,20 +238,44 @@ impl IntegrationStore {
                          status = CASE WHEN status = 'paused' AND status_reason IS DISTINCT FROM '{OPERATOR_PAUSE}' \
                                        THEN 'active' ELSE status END, \
                          status_reason = CASE WHEN status = 'paused' AND status_reason IS DISTINCT FROM '{OPERATOR_PAUSE}' \
-                                       THEN NULL ELSE status_reason END \
+                                       THEN NULL ELSE status_reason END, \
+                         start_mode = coalesce($6, start_mode), \
+                         start_at = CASE $6 WHEN 'history' THEN NULL WHEN 'creation' THEN created_at \
+                                    WHEN 'at' THEN $7 ELSE start_at END \
                          WHERE id = $1 RETURNING {COLUMNS}"
                     ),
-                    &[&id, &n.form_id, &n.kind, n.config, &n.sealed],
+                    &[
+                        &id,
+                        &n.form_id,
+                        &n.kind,
+                        n.config,
+                        &n.sealed,
+                        &n.start.map(Start::mode),
+                        &n.start.and_then(Start::at),
+                    ],
                 )
                 .await?
             }
             None => {
                 tx.query_one(
                     &format!(
-                        "INSERT INTO integrations (id, org_id, form_id, kind, name, config, credentials) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLUMNS}"
+                        "INSERT INTO integrations (id, org_id, form_id, kind, name, config, credentials, \
+                         start_mode, start_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
+                                 CASE $8 WHEN 'creation' THEN now() WHEN 'at' THEN $9 END) \
+                         RETURNING {COLUMNS}"
                     ),
-                    &[&Uuid::now_v7(), &n.org_id, &n.form_id, &n.kind, &n.name, n.config, &n.sealed],
+                    &[
+                        &Uuid::now_v7(),
+                        &n.org_id,
+                        &n.form_id,
+                        &n.kind,
+                        &n.name,
+                        n.config,
+                        &n.sealed,
+                        &start.mode(),
+                        &start.at(),
+                    ],
                 )
                 .await?
             }

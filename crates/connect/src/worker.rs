@@ -167,6 +167,14 @@ fn form_of(event: &SinkEvent) -> &str {
     }
 }
 
+/// Whether `event` is a response submitted before `start` (microseconds since the epoch).
+fn before(event: &SinkEvent, start: Option<i64>) -> bool {
+    match (event, start) {
+        (SinkEvent::Response(r), Some(start)) => r.submitted_at < start,
+        _ => false,
+    }
+}
+
 /// Sleeps `d` unless stopped first; returns true when stopped.
 async fn pause_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
     if *stop.borrow() {
@@ -198,6 +206,7 @@ async fn work<S: Sink>(
     let ctx = SinkContext {
         integration_id: integ.id,
         form_id: integ.form_id,
+        purpose: integ.purpose(),
         limiter: job.shared.limiter.clone(),
         metrics: m.sink(&id, kind),
         db: job.shared.db.clone(),
@@ -294,6 +303,7 @@ async fn work<S: Sink>(
     };
     let max_events = max_events.clamp(1, settings.batch_ceiling_events.max(1));
     let max_bytes = max_bytes.clamp(1, settings.batch_ceiling_bytes.max(1));
+    let start = integ.start_at.map(|t| t.timestamp_micros());
     let mut read_to = durable.clone();
     let mut last_commit = Instant::now();
     let mut last_lag = Instant::now() - Duration::from_secs(60);
@@ -340,7 +350,9 @@ async fn work<S: Sink>(
                 .decode(stream_of(&settings, &topic), &value)
                 .await
             {
-                Ok(event) if form_of(&event) == form_id => {
+                // Responses submitted before the integration's start are not its to deliver
+                // (a notification attached to a form with history); their offsets move on.
+                Ok(event) if form_of(&event) == form_id && !before(&event, start) => {
                     bytes += value.len();
                     first.get_or_insert_with(Instant::now);
                     batch.push(Read {

@@ -59,6 +59,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0008_exact_values",
         sql: include_str!("../../../migrations/0008_exact_values.sql"),
     },
+    Migration {
+        version: 9,
+        name: "0009_integration_start",
+        sql: include_str!("../../../migrations/0009_integration_start.sql"),
+    },
 ];
 
 /// Advisory lock key held while migrating ("collect" in ASCII).

@@ -216,6 +216,9 @@ impl Env {
                 name: None,
                 config: &config,
                 sealed: None,
+                // The suite's events are made up: every kind reads them all.
+                start: Some(crate::store::Start::History),
+                default_start: crate::store::Start::History,
             })
             .await
             .map_err(|e| e.to_string())?;
