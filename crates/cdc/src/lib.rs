@@ -244,6 +244,68 @@ async fn ensure_publication(db: &tokio_postgres::Client, name: &str) -> Result<(
     Ok(())
 }
 
+/// Makes sure every published table and each of its partitions can be read in full: every
+/// leaf is `REPLICA IDENTITY FULL` (an UPDATE or DELETE then logs the whole old row, so an
+/// unchanged TOASTed value can be taken from it), and every partition of `responses` carries
+/// the TRUNCATE trigger (migration `0010_truncate_notice`). Fixes what it can; refuses with a
+/// clear error what it cannot (the reader's role does not own the table). Runs at the start of
+/// each session and every 30 s, so that partitions added later are covered.
+pub async fn ensure_partitions(
+    db: &tokio_postgres::Client,
+    publication: &str,
+) -> Result<Vec<String>, CdcError> {
+    let rows = db
+        .query(
+            "SELECT t.relid::regclass::text, c.relreplident::text, \
+                    EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = t.relid \
+                            AND g.tgname = 'collect_truncate_notice'), \
+                    p.tablename = 'responses' AND p.schemaname = current_schema(), \
+                    EXISTS (SELECT 1 FROM pg_proc WHERE proname = 'collect_truncate_notice') \
+             FROM pg_publication_tables p \
+             CROSS JOIN LATERAL pg_partition_tree(format('%I.%I', p.schemaname, p.tablename)::regclass) t \
+             JOIN pg_class c ON c.oid = t.relid \
+             WHERE p.pubname = $1 AND c.relkind IN ('r', 'p')",
+            &[&publication],
+        )
+        .await?;
+    let mut fixed = Vec::new();
+    for row in rows {
+        let table: String = row.get(0);
+        let identity: String = row.get(1);
+        let has_trigger: bool = row.get(2);
+        let of_responses: bool = row.get(3);
+        let have_function: bool = row.get(4);
+        if identity != "f" {
+            db.batch_execute(&format!("ALTER TABLE {table} REPLICA IDENTITY FULL"))
+                .await
+                .map_err(|e| {
+                    CdcError::Config(format!(
+                        "{table} is published but not REPLICA IDENTITY FULL, and the reader cannot set it ({e}); \
+                         run `ALTER TABLE {table} REPLICA IDENTITY FULL` as its owner"
+                    ))
+                })?;
+            tracing::warn!(table, "set REPLICA IDENTITY FULL on a published table");
+            fixed.push(format!("{table}: REPLICA IDENTITY FULL"));
+        }
+        if of_responses && have_function && !has_trigger {
+            db.batch_execute(&format!(
+                "CREATE TRIGGER collect_truncate_notice BEFORE TRUNCATE ON {table} \
+                 FOR EACH STATEMENT EXECUTE FUNCTION collect_truncate_notice()"
+            ))
+            .await
+            .map_err(|e| {
+                CdcError::Config(format!(
+                    "{table} has no TRUNCATE trigger and the reader cannot add it ({e}); \
+                     run migration 0010_truncate_notice's CREATE TRIGGER on it as its owner"
+                ))
+            })?;
+            tracing::warn!(table, "added the TRUNCATE trigger to a partition");
+            fixed.push(format!("{table}: TRUNCATE trigger"));
+        }
+    }
+    Ok(fixed)
+}
+
 /// The slot's confirmed position, if the slot exists.
 async fn slot_position(db: &tokio_postgres::Client, slot: &str) -> Result<Option<Lsn>, CdcError> {
     let row = db
@@ -267,12 +329,13 @@ async fn slot_position(db: &tokio_postgres::Client, slot: &str) -> Result<Option
 /// Runs one session: setup, snapshot if needed, then streaming.
 async fn session(
     cfg: &Config,
-    metrics: &Metrics,
+    metrics: &Arc<Metrics>,
     lease: &mut leader::Lease,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<End, CdcError> {
     let db = connect(&cfg.database_url).await?;
     ensure_publication(&db, &cfg.publication).await?;
+    ensure_partitions(&db, &cfg.publication).await?;
     kafka::ensure_topics(&cfg.kafka).await?;
     let (out, mut acks) = Output::open(&cfg.kafka, &cfg.registry_url).await?;
 
@@ -359,10 +422,11 @@ async fn session(
     let stream = start_replication(repl, &params, &cfg.slot, &cfg.publication).await?;
     tracing::info!(slot = cfg.slot, from = %start, "streaming");
     let heartbeat_db = connect(&cfg.database_url).await?;
-    let poller = tokio::spawn(poll_slot_lag(
+    let poller = tokio::spawn(poll_slot(
         cfg.database_url.clone(),
         cfg.slot.clone(),
-        metrics.slot_lag_bytes.clone(),
+        cfg.publication.clone(),
+        metrics.clone(),
     ));
     let result = session::Session::new(cfg, metrics, stream, out, acks, start, heartbeat_db)
         .run(lease, shutdown)
@@ -410,18 +474,38 @@ async fn start_replication(
     }
 }
 
-/// Polls the slot's retained WAL every 5 s into `gauge`.
-async fn poll_slot_lag(url: String, slot: String, gauge: prometheus::IntGauge) {
+/// Polls the slot every 5 s: WAL between the current LSN and the confirmed flush LSN (lag),
+/// WAL the server keeps from the slot's `restart_lsn` (retained), and its `wal_status`.
+async fn poll_slot(url: String, slot: String, publication: String, metrics: Arc<Metrics>) {
     let Ok(db) = connect(&url).await else { return };
+    let mut checked = std::time::Instant::now();
     loop {
+        if checked.elapsed() >= Duration::from_secs(30) {
+            checked = std::time::Instant::now();
+            if let Err(e) = ensure_partitions(&db, &publication).await {
+                tracing::error!(error = %e, "a published table cannot be read in full");
+                metrics.set_status(|s| s.last_error = Some(e.to_string()));
+            }
+        }
         if let Ok(Some(row)) = db
             .query_opt(
-                "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1",
+                "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint, \
+                        (pg_current_wal_lsn() - restart_lsn)::bigint, wal_status \
+                 FROM pg_replication_slots WHERE slot_name = $1",
                 &[&slot],
             )
             .await
         {
-            gauge.set(row.get::<_, Option<i64>>(0).unwrap_or(0));
+            let lag = row.get::<_, Option<i64>>(0);
+            let retained = row.get::<_, Option<i64>>(1);
+            let status = row.get::<_, Option<String>>(2);
+            metrics.slot_lag_bytes.set(lag.unwrap_or(0));
+            metrics.slot_retained_wal_bytes.set(retained.unwrap_or(0));
+            metrics.set_status(|s| {
+                s.slot_lag_bytes = lag;
+                s.retained_wal_bytes = retained;
+                s.wal_status = status;
+            });
         }
         tokio::time::sleep(Duration::from_secs(5)).await;
     }

@@ -23,6 +23,14 @@ pub struct Status {
     pub confirmed_lsn: String,
     /// Bytes of WAL retained for the slot (server's current LSN minus confirmed).
     pub slot_lag_bytes: Option<i64>,
+    /// Bytes of WAL the server keeps for the slot (current LSN minus `restart_lsn`).
+    pub retained_wal_bytes: Option<i64>,
+    /// The slot's `wal_status` (`reserved`, `extended`, `unreserved`, `lost`).
+    pub wal_status: Option<String>,
+    /// The last TRUNCATE seen (table, commit LSN): what to do is in the README.
+    pub last_truncation: Option<String>,
+    /// Why the slot was last found lost (invalidated or dropped), and what the reader did.
+    pub slot_lost: Option<String>,
     /// Rows emitted by the snapshot so far / estimated in all.
     pub snapshot_rows: Option<(i64, i64)>,
     /// Last error of a session, if the latest one failed.
@@ -41,8 +49,14 @@ pub struct Metrics {
     pub transactions: IntCounter,
     /// Confirmed flush LSN (as a number).
     pub confirmed_lsn: IntGauge,
-    /// WAL retained for the slot, in bytes.
+    /// WAL between the server's current LSN and the slot's confirmed flush LSN, in bytes.
     pub slot_lag_bytes: IntGauge,
+    /// WAL the server keeps for the slot (from its `restart_lsn`), in bytes.
+    pub slot_retained_wal_bytes: IntGauge,
+    /// TRUNCATEs of a published table or of one of its partitions.
+    pub truncations: IntCounter,
+    /// Times the slot was found invalidated (`wal_status = 'lost'`) or dropped.
+    pub slot_lost: IntCounter,
     /// Commit (Postgres clock) to broker acknowledgement, per transaction.
     pub commit_to_ack: Histogram,
     /// Snapshot rows emitted.
@@ -91,6 +105,21 @@ impl Metrics {
             "WAL retained for the slot (bytes)",
         )
         .expect("metric");
+        let slot_retained_wal_bytes = IntGauge::new(
+            "collect_cdc_slot_retained_wal_bytes",
+            "WAL kept by the server for the slot, from its restart_lsn (bytes)",
+        )
+        .expect("metric");
+        let truncations = IntCounter::new(
+            "collect_cdc_truncations_total",
+            "TRUNCATEs of a published table or one of its partitions",
+        )
+        .expect("metric");
+        let slot_lost = IntCounter::new(
+            "collect_cdc_slot_lost_total",
+            "Times the slot was found invalidated or dropped",
+        )
+        .expect("metric");
         let commit_to_ack = Histogram::with_opts(
             HistogramOpts::new(
                 "collect_cdc_commit_to_ack_seconds",
@@ -129,6 +158,9 @@ impl Metrics {
             Box::new(transactions.clone()),
             Box::new(confirmed_lsn.clone()),
             Box::new(slot_lag_bytes.clone()),
+            Box::new(slot_retained_wal_bytes.clone()),
+            Box::new(truncations.clone()),
+            Box::new(slot_lost.clone()),
             Box::new(commit_to_ack.clone()),
             Box::new(snapshot_rows.clone()),
             Box::new(snapshot_rows_estimate.clone()),
@@ -145,6 +177,9 @@ impl Metrics {
             transactions,
             confirmed_lsn,
             slot_lag_bytes,
+            slot_retained_wal_bytes,
+            truncations,
+            slot_lost,
             commit_to_ack,
             snapshot_rows,
             snapshot_rows_estimate,

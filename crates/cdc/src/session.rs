@@ -34,7 +34,14 @@ struct Tx {
     xid: u32,
     ordinal: u32,
     span: tracing::Span,
+    /// Tables this transaction truncated (published TRUNCATE messages, and the
+    /// `collect.truncate` messages of the trigger on every responses partition).
+    truncated: Vec<String>,
 }
+
+/// Prefix of the transactional message the TRUNCATE trigger emits (migration
+/// `0010_truncate_notice`).
+pub const TRUNCATE_PREFIX: &str = "collect.truncate";
 
 /// A running session.
 pub struct Session<'a> {
@@ -285,6 +292,7 @@ impl<'a> Session<'a> {
                     xid,
                     ordinal: 0,
                     span,
+                    truncated: Vec::new(),
                 });
             }
             LogicalMessage::Commit { end_lsn, .. } => {
@@ -292,6 +300,10 @@ impl<'a> Session<'a> {
                     .tx
                     .take()
                     .ok_or_else(|| CdcError::Protocol("Commit without Begin".into()))?;
+                if !tx.truncated.is_empty() {
+                    let record = self.truncation(&tx);
+                    self.send(record, tx.seq).await?;
+                }
                 tx.span.in_scope(
                     || tracing::debug!(changes = tx.ordinal, %end_lsn, "transaction read"),
                 );
@@ -321,24 +333,20 @@ impl<'a> Session<'a> {
                         .get(oid)
                         .map(|r| r.name.clone())
                         .unwrap_or_else(|_| oid.to_string());
-                    let pos = self.position()?;
-                    let reason = format!(
-                        "TRUNCATE of {name}: a truncate cannot be turned into per-row events; re-emit the affected forms with `collect snapshot`"
-                    );
-                    tracing::error!(table = name, "{reason}");
-                    let record = dead_letter(
-                        &self.out,
-                        &name,
-                        "truncate",
-                        pos,
-                        None,
-                        &reason,
-                        serde_json::Value::Null,
-                        self.metrics,
-                    );
-                    let seq = self.tx()?.seq;
-                    self.send(record, seq).await?;
+                    self.tx()?.truncated.push(name);
                 }
+            }
+            LogicalMessage::Message {
+                transactional: true,
+                prefix,
+                content,
+                ..
+            } if prefix == TRUNCATE_PREFIX => {
+                let table = serde_json::from_slice::<serde_json::Value>(&content)
+                    .ok()
+                    .and_then(|v| v["table"].as_str().map(str::to_string))
+                    .unwrap_or_else(|| String::from_utf8_lossy(&content).into_owned());
+                self.tx()?.truncated.push(table);
             }
             LogicalMessage::Message {
                 transactional: false,
@@ -363,6 +371,40 @@ impl<'a> Session<'a> {
             }
         }
         Ok(())
+    }
+
+    /// The dead letter that reports a transaction's TRUNCATEs: which tables (a truncated
+    /// partition holds the responses of the forms that hash to it), where, and what to do.
+    fn truncation(&self, tx: &Tx) -> OutRecord {
+        let mut tables = tx.truncated.clone();
+        tables.sort();
+        tables.dedup();
+        let list = tables.join(", ");
+        let reason = format!(
+            "TRUNCATE of {list}: the rows were removed without per-row changes; sinks still hold \
+             them. Re-emit what remains with `collect snapshot --form`, and clear or re-point \
+             the integrations of the affected forms (see the README: TRUNCATE)"
+        );
+        tracing::error!(tables = list, commit_lsn = %tx.commit_lsn, "{reason}");
+        self.metrics.truncations.inc();
+        self.metrics.set_status(|s| {
+            s.last_truncation = Some(format!("{list} at {}", tx.commit_lsn));
+        });
+        dead_letter(
+            &self.out,
+            tables.first().map(String::as_str).unwrap_or("responses"),
+            "truncate",
+            Position {
+                commit_lsn: tx.commit_lsn,
+                commit_ts: tx.commit_ts,
+                xid: tx.xid,
+                ordinal: tx.ordinal,
+            },
+            None,
+            &reason,
+            serde_json::json!({ "tables": tables }),
+            self.metrics,
+        )
     }
 
     fn position(&mut self) -> Result<Position, CdcError> {

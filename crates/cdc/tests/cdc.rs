@@ -652,3 +652,77 @@ async fn a_database_with_other_session_settings_changes_nothing_downstream() {
     );
     reader.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncate_of_one_partition_is_reported_and_never_silent() {
+    let s = Stack::new().await;
+    // A partition that lost REPLICA IDENTITY FULL, another that lost its TRUNCATE trigger:
+    // the reader puts both back before streaming.
+    s.sql
+        .batch_execute(
+            "ALTER TABLE responses_p03 REPLICA IDENTITY DEFAULT; \
+             DROP TRIGGER collect_truncate_notice ON responses_p05",
+        )
+        .await
+        .unwrap();
+    let form = s.form("truncated").await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let reader = s.start_reader(s.config());
+    reader.streaming().await;
+    let row = s
+        .sql
+        .query_one(
+            "SELECT (SELECT relreplident::text FROM pg_class WHERE relname = 'responses_p03'), \
+             EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'collect_truncate_notice' \
+                     AND tgrelid = 'responses_p05'::regclass)",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "f");
+    assert!(row.get::<_, bool>(1));
+    let gone = s.submit(&form, json!({"name": "gone"})).await;
+    let partition: String = s
+        .sql
+        .query_one(
+            "SELECT tableoid::regclass::text FROM responses WHERE id = $1::text::uuid",
+            &[&gone],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    s.sql
+        .batch_execute(&format!("TRUNCATE {partition}"))
+        .await
+        .unwrap();
+    let after = s.submit(&form, json!({"name": "after"})).await;
+    s.responses(WAIT, |evs| ids(evs).contains(&after)).await;
+    let dlq = s
+        .read_raw(&s.topic("dlq"), WAIT, |r| {
+            r.iter()
+                .any(|r| r.headers.get("collect.op").map(String::as_str) == Some("truncate"))
+        })
+        .await;
+    let letter = dlq
+        .iter()
+        .find(|r| r.headers["collect.op"] == "truncate")
+        .unwrap();
+    assert!(
+        letter.headers["collect.reason"].contains(&partition),
+        "{:?}",
+        letter.headers
+    );
+    let body: serde_json::Value = serde_json::from_slice(&letter.payload).unwrap();
+    assert_eq!(body["row"]["tables"], json!([partition]));
+    assert_eq!(reader.metrics.truncations.get(), 1);
+    assert!(
+        reader
+            .metrics
+            .status()
+            .last_truncation
+            .is_some_and(|t| t.contains(&partition))
+    );
+    reader.stop().await;
+}

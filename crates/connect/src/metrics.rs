@@ -28,6 +28,12 @@ pub struct Metrics {
     pub written: IntCounterVec,
     /// 1 for the state an integration is in here (`running`, `paused`, `starting`).
     pub state: IntGaugeVec,
+    /// Seconds from the Postgres commit of each event to the moment its write was durable
+    /// at the third party and its offset committed (by integration and kind).
+    pub commit_to_durable: HistogramVec,
+    /// Age in seconds (from its Postgres commit) of the oldest event the integration read and
+    /// has not yet made durable; 0 when it holds none.
+    pub oldest_undelivered_age: prometheus::GaugeVec,
 }
 
 impl Metrics {
@@ -100,10 +106,31 @@ impl Metrics {
             &["kind"],
         )
         .expect("metric");
+        let commit_to_durable = HistogramVec::new(
+            HistogramOpts::new(
+                "collect_connect_commit_to_durable_seconds",
+                "Postgres commit to durable at the third party, per event",
+            )
+            .buckets(vec![
+                0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 7200.0,
+            ]),
+            labels,
+        )
+        .expect("metric");
+        let oldest_undelivered_age = prometheus::GaugeVec::new(
+            Opts::new(
+                "collect_connect_oldest_undelivered_age_seconds",
+                "Age of the oldest event read and not yet durable",
+            ),
+            labels,
+        )
+        .expect("metric");
         for c in [
             Box::new(lag.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(state.clone()),
             Box::new(batch_size.clone()),
+            Box::new(commit_to_durable.clone()),
+            Box::new(oldest_undelivered_age.clone()),
         ] {
             registry.register(c).expect("unique metric");
         }
@@ -118,6 +145,8 @@ impl Metrics {
             requests,
             throttles,
             written,
+            commit_to_durable,
+            oldest_undelivered_age,
             state,
         })
     }
@@ -127,6 +156,30 @@ impl Metrics {
         prometheus::TextEncoder::new()
             .encode_to_string(&self.registry.gather())
             .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
+    }
+
+    /// Creates every series of integration `id` at zero, so that dashboards and alerts see
+    /// it before its first retry, throttle or dead letter.
+    pub fn touch(&self, id: &str, kind: &str) {
+        let l = [id, kind];
+        for c in [
+            &self.delivered,
+            &self.committed,
+            &self.dead_letters,
+            &self.retries,
+            &self.throttles,
+            &self.written,
+        ] {
+            c.with_label_values(&l).inc_by(0);
+        }
+        for outcome in ["ok", "throttled", "error"] {
+            self.requests
+                .with_label_values(&[id, kind, outcome])
+                .inc_by(0);
+        }
+        self.lag.with_label_values(&l);
+        self.oldest_undelivered_age.with_label_values(&l).set(0.0);
+        self.commit_to_durable.with_label_values(&l);
     }
 
     /// The handle a sink of integration `id` and kind `kind` updates.

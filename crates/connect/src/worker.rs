@@ -167,6 +167,26 @@ fn form_of(event: &SinkEvent) -> &str {
     }
 }
 
+/// The Postgres commit time of an event, in microseconds since the epoch.
+fn commit_ts(event: &SinkEvent) -> i64 {
+    match event {
+        SinkEvent::Response(r) => r.commit_ts,
+        SinkEvent::Form(f) => f.commit_ts,
+    }
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// Seconds from `micros` (since the epoch) to now, never negative.
+fn seconds_since(micros: i64) -> f64 {
+    ((now_micros() - micros) as f64 / 1e6).max(0.0)
+}
+
 /// Whether `event` is a response submitted before `start` (microseconds since the epoch).
 fn before(event: &SinkEvent, start: Option<i64>) -> bool {
     match (event, start) {
@@ -203,6 +223,7 @@ async fn work<S: Sink>(
     let form_id = integ.form_id.to_string();
     let labels = [id.as_str(), kind];
     let m = job.shared.metrics.clone();
+    m.touch(&id, kind);
     let ctx = SinkContext {
         integration_id: integ.id,
         form_id: integ.form_id,
@@ -399,8 +420,15 @@ async fn work<S: Sink>(
                 .with_label_values(&[kind])
                 .observe(batch.len() as f64);
             let deliveries: Vec<Delivery> = batch.iter().map(|r| r.delivery.clone()).collect();
+            let oldest = deliveries
+                .iter()
+                .map(|d| commit_ts(&d.event))
+                .min()
+                .unwrap_or_else(now_micros);
+            let age = m.oldest_undelivered_age.with_label_values(&labels);
             let mut attempt = 0;
             let outcome = loop {
+                age.set(seconds_since(oldest));
                 match sink.write(&deliveries, &ctx).await {
                     Ok(o) => break o,
                     Err(SinkError::Fatal { message }) => return Ok(WorkerExit::Paused(message)),
@@ -441,6 +469,13 @@ async fn work<S: Sink>(
             m.committed
                 .with_label_values(&labels)
                 .inc_by((batch.len() - outcome.rejected.len()) as u64);
+            let durable = m.commit_to_durable.with_label_values(&labels);
+            for (i, d) in deliveries.iter().enumerate() {
+                if !outcome.rejected.iter().any(|(r, _)| *r == i) {
+                    durable.observe(seconds_since(commit_ts(&d.event)));
+                }
+            }
+            age.set(0.0);
         }
 
         // Everything read so far is durable, skipped or dead-lettered: commit it.

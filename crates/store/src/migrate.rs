@@ -64,6 +64,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0009_integration_start",
         sql: include_str!("../../../migrations/0009_integration_start.sql"),
     },
+    Migration {
+        version: 10,
+        name: "0010_truncate_notice",
+        sql: include_str!("../../../migrations/0010_truncate_notice.sql"),
+    },
 ];
 
 /// Advisory lock key held while migrating ("collect" in ASCII).
