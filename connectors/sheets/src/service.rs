@@ -178,6 +178,28 @@ impl Service {
         .await
     }
 
+    /// `spreadsheets.values.batchGet` of `ranges` (A1), unformatted: the values as stored,
+    /// one `ValueRange` per range in the order given (trailing empty rows and cells left
+    /// out, as Google does).
+    pub async fn batch_get(
+        &self,
+        token: &str,
+        id: &str,
+        ranges: &[String],
+    ) -> Result<Vec<ValueRange>, CallError> {
+        let mut path = format!(
+            "/v4/spreadsheets/{id}/values:batchGet?valueRenderOption=UNFORMATTED_VALUE&majorDimension=ROWS"
+        );
+        for r in ranges {
+            path.push_str("&ranges=");
+            path.push_str(&url::form_urlencoded::byte_serialize(r.as_bytes()).collect::<String>());
+        }
+        let answer: google_sheets4::api::BatchGetValuesResponse = self
+            .call::<(), _>(token, reqwest::Method::GET, &path, None)
+            .await?;
+        Ok(answer.value_ranges.unwrap_or_default())
+    }
+
     /// `spreadsheets.values.batchUpdate` with `valueInputOption=RAW`: values are stored as
     /// given (an answer starting with `=` stays text, never becomes a formula).
     pub async fn write(

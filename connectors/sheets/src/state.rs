@@ -172,16 +172,113 @@ impl State {
             .map_err(db)?;
         }
         for (r, at) in rows {
-            tx.execute(
-                "INSERT INTO sheets_rows (integration_id, response_id, tab_index, row_index, revision) VALUES ($1, $2, $3, $4, 0) \
-                 ON CONFLICT (integration_id, response_id) DO NOTHING",
-                &[&self.id, r, &at.tab, &at.row],
-            )
-            .await
-            .map_err(db)?;
+            // A response has one row: a second writer's reservation is an error, never a
+            // second row (nor a row shared by two responses: the unique index on the row).
+            let n = tx
+                .execute(
+                    "INSERT INTO sheets_rows (integration_id, response_id, tab_index, row_index, revision) VALUES ($1, $2, $3, $4, 0) \
+                     ON CONFLICT (integration_id, response_id) DO NOTHING",
+                    &[&self.id, r, &at.tab, &at.row],
+                )
+                .await
+                .map_err(db)?;
+            if n != 1 {
+                return Err(SinkError::retryable(format!(
+                    "response {r} was given a row meanwhile; reading the rows again"
+                )));
+            }
         }
         tx.commit().await.map_err(db)?;
         Ok(())
+    }
+
+    /// Puts a tab's rows where the sheet shows them (after people sorted, inserted or deleted
+    /// rows): `found` maps the responses read in the tab's Response ID column to their rows.
+    /// Responses of the tab that are not found lose their row (a person deleted it: the next
+    /// event of the response gives it a new one). The tab's next free row becomes `next_row`.
+    /// One transaction; revisions are kept.
+    pub async fn relocate(
+        &self,
+        tab: i32,
+        found: &HashMap<Uuid, i32>,
+        next_row: i32,
+    ) -> Result<(usize, usize), SinkError> {
+        let mut c = self.pool.get().await.map_err(db)?;
+        let tx = c.transaction().await.map_err(db)?;
+        let before = tx
+            .query(
+                "DELETE FROM sheets_rows WHERE integration_id = $1 AND tab_index = $2 \
+                 RETURNING response_id, revision",
+                &[&self.id, &tab],
+            )
+            .await
+            .map_err(db)?;
+        let mut ids = Vec::new();
+        let mut rows = Vec::new();
+        let mut revisions = Vec::new();
+        for r in &before {
+            let id: Uuid = r.get(0);
+            if let Some(row) = found.get(&id) {
+                ids.push(id);
+                rows.push(*row);
+                revisions.push(r.get::<_, i32>(1));
+            }
+        }
+        tx.execute(
+            "INSERT INTO sheets_rows (integration_id, response_id, tab_index, row_index, revision) \
+             SELECT $1, u.id, $2, u.row, u.revision \
+             FROM unnest($3::uuid[], $4::int[], $5::int[]) AS u(id, row, revision)",
+            &[&self.id, &tab, &ids, &rows, &revisions],
+        )
+        .await
+        .map_err(db)?;
+        tx.execute(
+            "UPDATE sheets_tabs SET next_row = $3 WHERE integration_id = $1 AND tab_index = $2",
+            &[&self.id, &tab, &next_row],
+        )
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok((ids.len(), before.len() - ids.len()))
+    }
+
+    /// Moves a tab's next free row past content a person put there.
+    pub async fn skip_to(&self, tab: i32, next_row: i32) -> Result<(), SinkError> {
+        let c = self.pool.get().await.map_err(db)?;
+        c.execute(
+            "UPDATE sheets_tabs SET next_row = greatest(next_row, $3) WHERE integration_id = $1 AND tab_index = $2",
+            &[&self.id, &tab, &next_row],
+        )
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    /// Records a tab's new title (a person renamed it; it is followed by its sheet id).
+    pub async fn retitle(&self, tab: i32, title: &str) -> Result<(), SinkError> {
+        let c = self.pool.get().await.map_err(db)?;
+        c.execute(
+            "UPDATE sheets_tabs SET title = $3 WHERE integration_id = $1 AND tab_index = $2",
+            &[&self.id, &tab, &title],
+        )
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    /// The response in each of these rows of `tab`, as the ledger has it.
+    pub async fn owners(&self, tab: i32, rows: &[i32]) -> Result<HashMap<i32, Uuid>, SinkError> {
+        let c = self.pool.get().await.map_err(db)?;
+        Ok(c
+            .query(
+                "SELECT row_index, response_id FROM sheets_rows WHERE integration_id = $1 AND tab_index = $2 AND row_index = ANY($3)",
+                &[&self.id, &tab, &rows],
+            )
+            .await
+            .map_err(db)?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
     }
 
     /// Records the revisions now in the sheet.

@@ -1,6 +1,8 @@
 //! The Sheets sink: every response of the form is one row of the sheet, kept up to date.
 
-use std::collections::HashMap;
+mod rows;
+
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use collect_connect::limits::Rate;
@@ -304,12 +306,23 @@ impl Sink for SheetsSink {
             });
             state.reserve(&tabs, &[], &[]).await?;
         }
-        for t in &tabs {
-            if by_title.get(&t.title) != Some(&t.sheet_id) {
-                return Err(SinkError::fatal(format!(
-                    "sheet '{}' was removed or renamed in spreadsheet {id}",
-                    t.title
-                )));
+        // Tabs are followed by their sheet id: a renamed tab keeps its rows.
+        let by_id: HashMap<i64, String> = by_title.iter().map(|(t, i)| (*i, t.clone())).collect();
+        for t in &mut tabs {
+            match by_id.get(&t.sheet_id) {
+                Some(title) if *title != t.title => {
+                    tracing::warn!(integration = %ctx.integration_id, from = t.title, to = title, "a person renamed the tab; following it");
+                    state.retitle(t.index, title).await?;
+                    t.title = title.clone();
+                }
+                Some(_) => {}
+                None => {
+                    return Err(SinkError::fatal(format!(
+                        "the tab '{}' (sheet id {}) was deleted from spreadsheet {id}; \
+                         re-point the integration to refill a spreadsheet",
+                        t.title, t.sheet_id
+                    )));
+                }
             }
         }
         self.tabs = tabs;
@@ -323,7 +336,9 @@ impl Sink for SheetsSink {
             .iter()
             .map(|t| header_range(&t.title, &header))
             .collect();
-        self.write_values(ctx, data, &[]).await?;
+        self.write_values(ctx, data, &[], true)
+            .await
+            .map_err(Refusal::into_sink)?;
         Ok(())
     }
 
@@ -332,9 +347,17 @@ impl Sink for SheetsSink {
         batch: &[Delivery],
         ctx: &SinkContext,
     ) -> Result<BatchOutcome, SinkError> {
+        // The ledger in Postgres is the truth: what a failed attempt changed in memory (a
+        // column, a tab's next row) is never trusted by the next one.
+        let (tabs, columns) = self.state()?.load().await?;
+        self.tabs = tabs;
+        self.columns = columns;
         let mut outcome = BatchOutcome::default();
         let mut changed_cols: Vec<(Uuid, Column)> = Vec::new();
         let mut next_col = self.width() as i32;
+        // Any question event rewrites the header (a retried batch writes the header it needs,
+        // even when its columns were stored by the failed attempt).
+        let mut header_needed = false;
         // Form events: new questions get a column at the right, relabels change the header.
         for d in batch {
             let SinkEvent::Form(f) = &d.event else {
@@ -344,6 +367,7 @@ impl Sink for SheetsSink {
             let Some(qid) = question_id(&q.question_id) else {
                 continue;
             };
+            header_needed = true;
             match self.columns.get_mut(&qid) {
                 Some(c) if c.label != q.label => {
                     c.label = q.label.clone();
@@ -386,8 +410,6 @@ impl Sink for SheetsSink {
                 }
             }
         }
-        let state = self.state()?;
-        let stored = state.rows(&order).await?;
         // Answers to questions no form event has named yet get a column too.
         for id in &order {
             for a in &latest[id].1.answers {
@@ -408,24 +430,69 @@ impl Sink for SheetsSink {
                 }
             }
         }
-        // Rows: known responses keep theirs; new ones take the next free row. Events older
-        // than what the sheet shows are dropped (they are replays).
-        let mut new_rows: Vec<(Uuid, RowAt)> = Vec::new();
-        let mut placed: Vec<(Uuid, RowAt)> = Vec::new();
-        for id in &order {
-            let (_, r) = latest[id];
-            match stored.get(id) {
-                Some(at) if at.revision > r.revision => {}
-                Some(at) => placed.push((*id, *at)),
-                None => {
-                    let at = self.allocate_row()?;
-                    new_rows.push((*id, at));
-                    placed.push((*id, at));
+        header_needed |= !changed_cols.is_empty();
+        let width = self.width();
+        let known: HashSet<Uuid> = order.iter().copied().collect();
+        // Rows: known responses keep theirs, new ones take the next free rows, but only once
+        // the sheet shows what the ledger says (see rows.rs); events older than what the
+        // sheet shows are dropped (they are replays).
+        let mut attempt = 0;
+        let (mut placed, mut new_rows) = loop {
+            let stored = self.state()?.rows(&order).await?;
+            let mut placed: Vec<(Uuid, RowAt)> = Vec::new();
+            let mut new_rows: Vec<(Uuid, RowAt)> = Vec::new();
+            let mut tabs = self.tabs.clone();
+            for id in &order {
+                let (_, r) = latest[id];
+                match stored.get(id) {
+                    Some(at) if at.revision > r.revision => {}
+                    Some(at) => placed.push((*id, *at)),
+                    None => {
+                        let tab = tabs
+                            .last_mut()
+                            .ok_or_else(|| SinkError::retryable("no tab"))?;
+                        let at = RowAt {
+                            tab: tab.index,
+                            row: tab.next_row,
+                            revision: 0,
+                        };
+                        tab.next_row += 1;
+                        new_rows.push((*id, at));
+                    }
                 }
             }
+            let seen = self.look(ctx, &placed, &new_rows, width, &known).await?;
+            if seen == rows::Seen::Fine {
+                self.tabs = tabs;
+                placed.extend(new_rows.iter().copied());
+                break (placed, new_rows);
+            }
+            attempt += 1;
+            if attempt > 5 {
+                return Err(SinkError::retryable(
+                    "the sheet keeps changing under the connector; reading it again",
+                ));
+            }
+            match seen {
+                rows::Seen::Moved => self.rebuild(ctx).await?,
+                rows::Seen::Blocked { tab, past } => {
+                    tracing::info!(integration = %ctx.integration_id, tab, row = past + 1, "a person's content where new rows were to go; they go below it");
+                    self.state()?.skip_to(tab, past).await?;
+                }
+                rows::Seen::Stale(why) => {
+                    tracing::info!(integration = %ctx.integration_id, why, "Google refused a read; reading the spreadsheet again");
+                    self.refresh(ctx).await?;
+                }
+                rows::Seen::Fine => {}
+            }
+            // Titles and next rows as the repair left them in the ledger.
+            self.tabs = self.state()?.load().await?.0;
+        };
+        // Make room: grow grids, roll over near the cell limit; every tab gets the width of
+        // the header it is given.
+        if header_needed {
+            self.ensure_width(ctx).await?;
         }
-        // Make room: grow grids, roll over near the cell limit.
-        let width = self.width();
         self.make_room(ctx, &mut placed, &mut new_rows, width)
             .await?;
         // Reserve before writing: a crash now leaves rows reserved, never doubled.
@@ -433,7 +500,7 @@ impl Sink for SheetsSink {
             .reserve(&self.tabs, &changed_cols, &new_rows)
             .await?;
         let mut data: Vec<(Option<Uuid>, ValueRange)> = Vec::new();
-        if !changed_cols.is_empty() {
+        if header_needed {
             let header = self.header();
             for t in &self.tabs {
                 data.push((None, header_range(&t.title, &header)));
@@ -464,13 +531,31 @@ impl Sink for SheetsSink {
             ));
             revisions.push((*id, r.revision));
         }
-        let refused = self
-            .write_values(
-                ctx,
-                data.iter().map(|(_, v)| v.clone()).collect(),
-                &data.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
-            )
-            .await?;
+        let owners: Vec<Option<Uuid>> = data.iter().map(|(id, _)| *id).collect();
+        let values: Vec<ValueRange> = data.iter().map(|(_, v)| v.clone()).collect();
+        let titles: HashMap<i32, String> = self
+            .tabs
+            .iter()
+            .map(|t| (t.index, t.title.clone()))
+            .collect();
+        // A refusal is first taken as the connector's own stale picture (a grid trimmed, a
+        // tab renamed since it last looked): read the spreadsheet again, repair, retry once;
+        // only a range Google still refuses is about the event.
+        let refused = match self.write_values(ctx, values.clone(), &owners, false).await {
+            Ok(r) => r,
+            Err(Refusal::Refused(m)) => {
+                tracing::warn!(integration = %ctx.integration_id, error = m, "Google refused a write; reading the spreadsheet again");
+                self.refresh(ctx).await?;
+                self.grow_for(ctx, &placed, width).await?;
+                let values = self.retitled(values, &titles);
+                match self.write_values(ctx, values, &owners, true).await {
+                    Ok(r) => r,
+                    Err(Refusal::Refused(m)) => return Err(SinkError::retryable(m)),
+                    Err(Refusal::Sink(e)) => return Err(e),
+                }
+            }
+            Err(Refusal::Sink(e)) => return Err(e),
+        };
         for id in &refused {
             let (i, _) = latest[id];
             outcome
@@ -538,13 +623,20 @@ impl SheetsSink {
             ..Default::default()
         };
         let id = self.spreadsheet.clone();
-        let answer = self
+        let answer = match self
             .call(ctx, true, |t| {
                 let (s, id, req) = (self.service.clone(), id.clone(), req.clone());
                 async move { s.batch_update(&t, &id, vec![req]).await }
             })
             .await
-            .map_err(to_sink)?;
+        {
+            Ok(a) => a,
+            // A tab left by a crash between addSheet and the ledger: adopt it.
+            Err(CallError::Refused(m)) if m.contains("already exists") => {
+                return self.adopt(ctx, title).await;
+            }
+            Err(e) => return Err(to_sink(e)),
+        };
         let sheet_id = answer
             .replies
             .and_then(|r| r.into_iter().next())
@@ -556,24 +648,99 @@ impl SheetsSink {
         Ok(i64::from(sheet_id))
     }
 
+    /// The sheet id of an existing tab titled `title`, with its grid.
+    async fn adopt(&mut self, ctx: &SinkContext, title: &str) -> Result<i64, SinkError> {
+        let id = self.spreadsheet.clone();
+        let sheet = self
+            .call(ctx, false, |t| {
+                let (s, id) = (self.service.clone(), id.clone());
+                async move { s.get(&t, &id).await }
+            })
+            .await
+            .map_err(to_sink)?;
+        for s in sheet.sheets.unwrap_or_default() {
+            let Some(p) = s.properties else { continue };
+            if p.title.as_deref() == Some(title)
+                && let Some(sid) = p.sheet_id
+            {
+                let g = p.grid_properties.unwrap_or_default();
+                self.grids.insert(
+                    i64::from(sid),
+                    (
+                        g.row_count.unwrap_or(0) as u32,
+                        g.column_count.unwrap_or(0) as u32,
+                    ),
+                );
+                tracing::warn!(
+                    spreadsheet = self.spreadsheet,
+                    tab = title,
+                    "adopted a tab a crash left behind"
+                );
+                return Ok(i64::from(sid));
+            }
+        }
+        Err(SinkError::retryable(format!(
+            "Google says a tab '{title}' exists but does not list it"
+        )))
+    }
+
     /// Widens every tab to `self.width()` columns.
     async fn ensure_width(&mut self, ctx: &SinkContext) -> Result<(), SinkError> {
         let width = self.width() as u32;
         let mut requests = Vec::new();
+        let mut grown = Vec::new();
         for t in &self.tabs {
             let (rows, cols) = self.grids.get(&t.sheet_id).copied().unwrap_or((0, 0));
             if cols < width {
                 requests.push(append(t.sheet_id, "COLUMNS", width - cols));
-                self.grids.insert(t.sheet_id, (rows, width));
+                grown.push((t.sheet_id, (rows, width)));
             }
         }
-        self.structure(ctx, requests).await
+        self.structure(ctx, requests, grown).await
     }
 
+    /// Grows every tab to hold the rows in `placed` and `width` columns (after a refusal
+    /// showed the grid smaller than believed: a person trimmed it).
+    async fn grow_for(
+        &mut self,
+        ctx: &SinkContext,
+        placed: &[(Uuid, RowAt)],
+        width: usize,
+    ) -> Result<(), SinkError> {
+        let mut requests = Vec::new();
+        let mut grown = Vec::new();
+        for t in &self.tabs {
+            let (rows, cols) = self.grids.get(&t.sheet_id).copied().unwrap_or((0, 0));
+            let needed = placed
+                .iter()
+                .filter(|(_, at)| at.tab == t.index)
+                .map(|(_, at)| at.row as u32 + 1)
+                .max()
+                .unwrap_or(0)
+                .max(t.next_row as u32);
+            let (mut r, mut c) = (rows, cols);
+            if needed > rows {
+                r = needed + GROW_ROWS;
+                requests.push(append(t.sheet_id, "ROWS", r - rows));
+            }
+            if (width as u32) > cols {
+                c = width as u32;
+                requests.push(append(t.sheet_id, "COLUMNS", c - cols));
+            }
+            if (r, c) != (rows, cols) {
+                grown.push((t.sheet_id, (r, c)));
+            }
+        }
+        self.structure(ctx, requests, grown).await
+    }
+
+    /// Sends structural requests (grid growth); `grown` is recorded only once Google
+    /// confirmed them, so a failed append never leaves a grid believed larger than it is.
     async fn structure(
         &mut self,
         ctx: &SinkContext,
         requests: Vec<Request>,
+        grown: Vec<(i64, (u32, u32))>,
     ) -> Result<(), SinkError> {
         if requests.is_empty() {
             return Ok(());
@@ -591,6 +758,7 @@ impl SheetsSink {
         })
         .await
         .map_err(to_sink)?;
+        self.grids.extend(grown);
         Ok(())
     }
 
@@ -606,6 +774,7 @@ impl SheetsSink {
         let width = width as u32;
         let budget = CELL_LIMIT.saturating_sub(self.config.cell_limit_margin);
         let mut requests = Vec::new();
+        let mut grown = Vec::new();
         let last = self
             .tabs
             .last()
@@ -669,8 +838,9 @@ impl SheetsSink {
             );
             // The new tab needs its header.
             let header = self.header();
-            self.write_values(ctx, vec![header_range(&title, &header)], &[])
-                .await?;
+            self.write_values(ctx, vec![header_range(&title, &header)], &[], true)
+                .await
+                .map_err(Refusal::into_sink)?;
         } else if rows_after > rows || cols_after > cols {
             if rows_after > rows {
                 requests.push(append(last.sheet_id, "ROWS", rows_after - rows));
@@ -678,7 +848,7 @@ impl SheetsSink {
             if cols_after > cols {
                 requests.push(append(last.sheet_id, "COLUMNS", cols_after - cols));
             }
-            self.grids.insert(last.sheet_id, (rows_after, cols_after));
+            grown.push((last.sheet_id, (rows_after, cols_after)));
         }
         // Older tabs may need more columns for rows edited there.
         for t in &self.tabs {
@@ -688,10 +858,10 @@ impl SheetsSink {
             let (r, c) = self.grids.get(&t.sheet_id).copied().unwrap_or((0, 0));
             if c < width && placed.iter().any(|(_, at)| at.tab == t.index) {
                 requests.push(append(t.sheet_id, "COLUMNS", width - c));
-                self.grids.insert(t.sheet_id, (r, width));
+                grown.push((t.sheet_id, (r, width)));
             }
         }
-        self.structure(ctx, requests).await
+        self.structure(ctx, requests, grown).await
     }
 
     /// Writes ranges in requests of at most `max_request_bytes`. A request Google refuses
@@ -702,7 +872,8 @@ impl SheetsSink {
         ctx: &SinkContext,
         data: Vec<ValueRange>,
         owners: &[Option<Uuid>],
-    ) -> Result<Vec<Uuid>, SinkError> {
+        bisect: bool,
+    ) -> Result<Vec<Uuid>, Refusal> {
         let sizes: Vec<usize> = data
             .iter()
             .map(|v| serde_json::to_string(v).map(|s| s.len()).unwrap_or(0) + 16)
@@ -733,6 +904,7 @@ impl SheetsSink {
                 .await;
             match result {
                 Ok(_) => {}
+                Err(CallError::Refused(m)) if !bisect => return Err(Refusal::Refused(m)),
                 Err(CallError::Refused(m)) if chunk.len() > 1 => {
                     tracing::warn!(
                         error = m,
@@ -749,15 +921,60 @@ impl SheetsSink {
                         refused.push(id);
                     }
                     None => {
-                        return Err(SinkError::fatal(format!(
+                        return Err(Refusal::Sink(SinkError::fatal(format!(
                             "Google refused the header row: {m}"
-                        )));
+                        ))));
                     }
                 },
-                Err(e) => return Err(to_sink(e)),
+                Err(e) => return Err(Refusal::Sink(to_sink(e))),
             }
         }
         Ok(refused)
+    }
+}
+
+impl SheetsSink {
+    /// `values` with each range's tab title as Google now shows it (a person renamed a tab;
+    /// `before` are the titles the ranges were made with, by tab index).
+    fn retitled(&self, values: Vec<ValueRange>, before: &HashMap<i32, String>) -> Vec<ValueRange> {
+        let renames: Vec<(String, String)> = self
+            .tabs
+            .iter()
+            .filter_map(|t| {
+                before
+                    .get(&t.index)
+                    .filter(|old| **old != t.title)
+                    .map(|old| (rows::quoted(old), rows::quoted(&t.title)))
+            })
+            .collect();
+        values
+            .into_iter()
+            .map(|mut v| {
+                if let Some(range) = &v.range
+                    && let Some((old, new)) = renames
+                        .iter()
+                        .find(|(old, _)| range.starts_with(&format!("{old}!")))
+                {
+                    v.range = Some(format!("{new}{}", &range[old.len()..]));
+                }
+                v
+            })
+            .collect()
+    }
+}
+
+/// Why a write of values did not happen: Google refused it (400), or anything else.
+enum Refusal {
+    Refused(String),
+    Sink(SinkError),
+}
+
+impl Refusal {
+    fn into_sink(self) -> SinkError {
+        match self {
+            Refusal::Refused(m) => SinkError::fatal(format!("Google refused the header row: {m}")),
+            Refusal::Sink(e) => e,
+        }
     }
 }
 

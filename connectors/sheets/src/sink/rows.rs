@@ -1,0 +1,348 @@
+//! Rows follow their response. A spreadsheet is shared with people who sort it, insert and
+//! delete rows and type beside the data, so a stored row number is a belief, not a fact.
+//! Before a batch is written the connector reads, in one `values.batchGet`, the Response ID
+//! cell of every row it is about to rewrite and every cell of the rows it is about to fill;
+//! only when the sheet shows what the ledger says does it write. Otherwise it looks again:
+//! rows moved (a sort, an inserted or deleted row) rebuild the tab's index from its Response
+//! ID column; a person's content where new rows were to go moves them further down; a range
+//! Google refuses (a trimmed grid, a renamed tab) makes it read the spreadsheet's properties
+//! again. Measured cost: one read request per batch (Google counts reads and writes apart,
+//! 60 a minute per user each), and one more read when the index is rebuilt.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use collect_connect::{SinkContext, SinkError};
+use google_sheets4::api::ValueRange;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::{SheetsSink, to_sink};
+use crate::layout::column_letters;
+use crate::service::CallError;
+use crate::state::RowAt;
+
+/// Most ranges of one `values.batchGet`; past it a tab's whole Response ID column is read.
+const MAX_RANGES: usize = 100;
+
+/// What the sheet shows where the connector believes its rows are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Seen {
+    /// Every known row holds its response; the rows for new responses are empty.
+    Fine,
+    /// A known row holds another response or none: rows were sorted, inserted or deleted.
+    Moved,
+    /// Content a person put where new rows were to go: new rows start after row `past`
+    /// (0-based) of tab `tab`.
+    Blocked {
+        /// The tab.
+        tab: i32,
+        /// The first row after the content.
+        past: i32,
+    },
+    /// Google refused to read a range (a trimmed grid, a renamed or deleted tab): the
+    /// spreadsheet's properties must be read again.
+    Stale(String),
+}
+
+/// `'Tab'` for A1 notation.
+pub(super) fn quoted(title: &str) -> String {
+    format!("'{}'", title.replace('\'', "''"))
+}
+
+/// A cell's text as the API returns it unformatted (strings, numbers, booleans).
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// Consecutive runs of sorted row numbers, as (first, last).
+fn spans(rows: &[i32]) -> Vec<(i32, i32)> {
+    let mut sorted = rows.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut out: Vec<(i32, i32)> = Vec::new();
+    for r in sorted {
+        match out.last_mut() {
+            Some((_, last)) if *last + 1 == r => *last = r,
+            _ => out.push((r, r)),
+        }
+    }
+    out
+}
+
+/// One range to read and what it is for.
+enum Probe {
+    /// Response ID cells of rows `first..=last` of a tab (or of the whole column from row 0
+    /// when `whole`).
+    Ids { tab: i32, first: i32 },
+    /// The cells of rows `first..` of a tab where new rows go.
+    Block { tab: i32, first: i32 },
+}
+
+impl SheetsSink {
+    /// Grid rows of a tab as last read (0 when unknown).
+    fn grid_rows(&self, tab: i32) -> i32 {
+        self.tabs
+            .iter()
+            .find(|t| t.index == tab)
+            .and_then(|t| self.grids.get(&t.sheet_id))
+            .map_or(0, |(r, _)| *r as i32)
+    }
+
+    fn title(&self, tab: i32) -> String {
+        self.tabs
+            .iter()
+            .find(|t| t.index == tab)
+            .map(|t| t.title.clone())
+            .unwrap_or_default()
+    }
+
+    /// Reads, in one request, the Response ID cell of every row in `placed` and the `width`
+    /// cells of every row in `new`, and says whether the sheet shows what the ledger says.
+    /// `known` are the responses this connector wrote (a new-row block holding one of them
+    /// means rows moved, anything else is a person's).
+    pub(super) async fn look(
+        &self,
+        ctx: &SinkContext,
+        placed: &[(Uuid, RowAt)],
+        new: &[(Uuid, RowAt)],
+        width: usize,
+        known: &HashSet<Uuid>,
+    ) -> Result<Seen, SinkError> {
+        let mut ranges: Vec<String> = Vec::new();
+        let mut probes: Vec<Probe> = Vec::new();
+        let mut by_tab: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
+        for (_, at) in placed {
+            by_tab.entry(at.tab).or_default().push(at.row);
+        }
+        let span_count: usize = by_tab.values().map(|r| spans(r).len()).sum();
+        for (tab, rows) in &by_tab {
+            let grid = self.grid_rows(*tab);
+            if rows.iter().any(|r| *r >= grid) {
+                // Past the grid: a person trimmed it below our rows, or deleted them.
+                return Ok(Seen::Moved);
+            }
+            let t = quoted(&self.title(*tab));
+            if span_count > MAX_RANGES {
+                ranges.push(format!("{t}!A1:A{grid}"));
+                probes.push(Probe::Ids {
+                    tab: *tab,
+                    first: 0,
+                });
+            } else {
+                for (first, last) in spans(rows) {
+                    ranges.push(format!("{t}!A{}:A{}", first + 1, last + 1));
+                    probes.push(Probe::Ids { tab: *tab, first });
+                }
+            }
+        }
+        let mut blocks: BTreeMap<i32, (i32, i32)> = BTreeMap::new();
+        for (_, at) in new {
+            let e = blocks.entry(at.tab).or_insert((at.row, at.row));
+            e.0 = e.0.min(at.row);
+            e.1 = e.1.max(at.row);
+        }
+        for (tab, (first, last)) in &blocks {
+            // Rows past the grid are empty by definition (the grid grows before the write).
+            let last = (*last).min(self.grid_rows(*tab) - 1);
+            if last < *first {
+                continue;
+            }
+            ranges.push(format!(
+                "{}!A{}:{}{}",
+                quoted(&self.title(*tab)),
+                first + 1,
+                column_letters(width.saturating_sub(1)),
+                last + 1
+            ));
+            probes.push(Probe::Block {
+                tab: *tab,
+                first: *first,
+            });
+        }
+        if ranges.is_empty() {
+            return Ok(Seen::Fine);
+        }
+        let id = self.spreadsheet.clone();
+        let read = self
+            .call(ctx, false, |t| {
+                let (s, id, r) = (self.service.clone(), id.clone(), ranges.clone());
+                async move { s.batch_get(&t, &id, &r).await }
+            })
+            .await;
+        let got: Vec<ValueRange> = match read {
+            Ok(v) => v,
+            Err(CallError::Refused(m)) => return Ok(Seen::Stale(m)),
+            Err(e) => return Err(to_sink(e)),
+        };
+        // What each row shows: the Response ID cell of known rows, any content of new rows.
+        let mut ids: HashMap<(i32, i32), String> = HashMap::new();
+        for (probe, vr) in probes.iter().zip(&got) {
+            let rows = vr.values.clone().unwrap_or_default();
+            match probe {
+                Probe::Ids { tab, first } => {
+                    for (i, row) in rows.iter().enumerate() {
+                        let cell = row.first().map(text).unwrap_or_default();
+                        ids.insert((*tab, first + i as i32), cell);
+                    }
+                }
+                Probe::Block { tab, first } => {
+                    let mut filled_to: Option<i32> = None;
+                    for (i, row) in rows.iter().enumerate() {
+                        if row.iter().all(|v| text(v).trim().is_empty()) {
+                            continue;
+                        }
+                        let first_cell = row.first().map(text).unwrap_or_default();
+                        if Uuid::parse_str(first_cell.trim()).is_ok_and(|u| known.contains(&u)) {
+                            return Ok(Seen::Moved);
+                        }
+                        filled_to = Some(first + i as i32);
+                    }
+                    if let Some(last) = filled_to {
+                        return Ok(Seen::Blocked {
+                            tab: *tab,
+                            past: last + 1,
+                        });
+                    }
+                }
+            }
+        }
+        for (response, at) in placed {
+            let shown = ids.get(&(at.tab, at.row)).map(String::as_str).unwrap_or("");
+            if shown.trim() != response.to_string() {
+                tracing::info!(
+                    integration = %ctx.integration_id,
+                    response = %response,
+                    tab = at.tab,
+                    row = at.row + 1,
+                    shows = shown,
+                    "a row moved under the connector (sorted, inserted or deleted); reading the tab's Response ID column"
+                );
+                return Ok(Seen::Moved);
+            }
+        }
+        Ok(Seen::Fine)
+    }
+
+    /// Rebuilds every tab's index from its Response ID column (one read request): each
+    /// response of the ledger gets the row the sheet shows it in; one the sheet no longer
+    /// shows (a person deleted its row) loses its row and gets a new one with its next event;
+    /// new rows go after the last row holding a Response ID.
+    pub(super) async fn rebuild(&mut self, ctx: &SinkContext) -> Result<(), SinkError> {
+        let ranges: Vec<String> = self
+            .tabs
+            .iter()
+            .map(|t| {
+                format!(
+                    "{}!A1:A{}",
+                    quoted(&t.title),
+                    self.grids.get(&t.sheet_id).map_or(1, |(r, _)| (*r).max(1))
+                )
+            })
+            .collect();
+        let id = self.spreadsheet.clone();
+        let got = self
+            .call(ctx, false, |t| {
+                let (s, id, r) = (self.service.clone(), id.clone(), ranges.clone());
+                async move { s.batch_get(&t, &id, &r).await }
+            })
+            .await
+            .map_err(to_sink)?;
+        let state = self.state()?;
+        for (tab, vr) in self.tabs.iter().zip(&got) {
+            let mut found: HashMap<Uuid, i32> = HashMap::new();
+            let mut last_used = 0;
+            for (i, row) in vr.values.clone().unwrap_or_default().iter().enumerate() {
+                let cell = row.first().map(text).unwrap_or_default();
+                if cell.trim().is_empty() {
+                    continue;
+                }
+                last_used = i as i32;
+                if i > 0
+                    && let Ok(u) = Uuid::parse_str(cell.trim())
+                {
+                    // A row a person copied shows the response twice: the first one is its.
+                    found.entry(u).or_insert(i as i32);
+                }
+            }
+            let (kept, lost) = state.relocate(tab.index, &found, last_used + 1).await?;
+            tracing::warn!(
+                integration = %ctx.integration_id,
+                tab = tab.title,
+                kept,
+                lost,
+                next_row = last_used + 2,
+                "rebuilt the tab's rows from its Response ID column"
+            );
+        }
+        Ok(())
+    }
+
+    /// Reads the spreadsheet's properties again: every grid's size, and the title of each of
+    /// our tabs, followed by its sheet id (a person may have renamed it). A tab that is gone
+    /// pauses the integration with the reason.
+    pub(super) async fn refresh(&mut self, ctx: &SinkContext) -> Result<(), SinkError> {
+        let id = self.spreadsheet.clone();
+        let sheet = self
+            .call(ctx, false, |t| {
+                let (s, id) = (self.service.clone(), id.clone());
+                async move { s.get(&t, &id).await }
+            })
+            .await
+            .map_err(to_sink)?;
+        let mut titles: HashMap<i64, String> = HashMap::new();
+        self.grids.clear();
+        for s in sheet.sheets.unwrap_or_default() {
+            let Some(p) = s.properties else { continue };
+            let (Some(sid), Some(title)) = (p.sheet_id, p.title) else {
+                continue;
+            };
+            let g = p.grid_properties.unwrap_or_default();
+            self.grids.insert(
+                i64::from(sid),
+                (
+                    g.row_count.unwrap_or(0) as u32,
+                    g.column_count.unwrap_or(0) as u32,
+                ),
+            );
+            titles.insert(i64::from(sid), title);
+        }
+        let state = crate::state::State::new(ctx.db.clone(), ctx.integration_id);
+        for t in &mut self.tabs {
+            match titles.get(&t.sheet_id) {
+                Some(title) if *title != t.title => {
+                    tracing::warn!(integration = %ctx.integration_id, from = t.title, to = title, "a person renamed the tab; following it");
+                    state.retitle(t.index, title).await?;
+                    t.title = title.clone();
+                }
+                Some(_) => {}
+                None => {
+                    return Err(SinkError::fatal(format!(
+                        "the tab '{}' (sheet id {}) was deleted from spreadsheet {}; \
+                         re-point the integration to refill a spreadsheet",
+                        t.title, t.sheet_id, self.spreadsheet
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_are_consecutive_runs() {
+        assert_eq!(
+            spans(&[5, 1, 2, 3, 9, 10, 3]),
+            vec![(1, 3), (5, 5), (9, 10)]
+        );
+        assert_eq!(spans(&[]), vec![]);
+        assert_eq!(quoted("It's"), "'It''s'");
+    }
+}

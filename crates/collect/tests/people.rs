@@ -1,0 +1,244 @@
+//! A spreadsheet is shared with people: between the connector's writes a person swaps rows
+//! (a sort by hand), types a total and notes beside and below the data, trims the grid to the
+//! rows in use and renames the tab; the connector is killed with SIGKILL on the way. In the
+//! end every response is in exactly one row at its newest revision and everything the person
+//! typed is still there, and no response went to the dead-letter topic.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::providers::{Google, connector};
+use common::{Env, env, metric, reader};
+use serde_json::{Value, json};
+
+/// The values of `range`, read as a person would (plain `values.get`).
+async fn cells(google: &Google, token: &str, spreadsheet: &str, range: &str) -> Vec<Vec<Value>> {
+    let range: String = url::form_urlencoded::byte_serialize(range.as_bytes()).collect();
+    let r: Value = reqwest::Client::new()
+        .get(format!(
+            "{}/v4/spreadsheets/{spreadsheet}/values/{range}",
+            google.base
+        ))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    if r.get("error").is_some() {
+        eprintln!("reading {range}: {r}");
+    }
+    serde_json::from_value(r["values"].clone()).unwrap_or_default()
+}
+
+/// A person's edit: a Sheets API POST under `path` (after the spreadsheet id) that must work.
+async fn person(google: &Google, token: &str, spreadsheet: &str, path: &str, body: Value) {
+    let r = reqwest::Client::new()
+        .post(format!(
+            "{}/v4/spreadsheets/{spreadsheet}{path}",
+            google.base
+        ))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    assert!(
+        status.is_success(),
+        "{path}: {status} {}",
+        r.text().await.unwrap()
+    );
+}
+
+/// Rows whose first cell is `id`.
+fn rows_of<'a>(v: &'a [Vec<Value>], id: &str) -> Vec<&'a Vec<Value>> {
+    v.iter()
+        .filter(|r| r.first().and_then(Value::as_str) == Some(id))
+        .collect()
+}
+
+/// Waits until the sheet's tab `tab` shows every `(id, name)` in exactly one row.
+async fn wait_rows(
+    google: &Google,
+    token: &str,
+    spreadsheet: &str,
+    tab: &str,
+    want: &[(String, String)],
+) -> Vec<Vec<Value>> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let v = cells(google, token, spreadsheet, &format!("{tab}!A1:J")).await;
+        let done = want.iter().all(|(id, name)| {
+            let rows = rows_of(&v, id);
+            rows.len() == 1 && rows[0].iter().any(|c| c.as_str() == Some(name.as_str()))
+        });
+        if done {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "sheet never showed {want:?}: {v:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+async fn submit(e: &Env, name: &str) -> (String, String) {
+    (e.submit(json!({ "name": name })).await, name.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn people_edit_the_sheet_between_the_connectors_writes_and_every_response_keeps_one_row() {
+    let e = env(json!({"title": "Shared", "questions": [
+        {"label": "Name", "type": "text", "alias": "name", "required": true}
+    ]}))
+    .await;
+    let broker = collect_testkit::shared_broker().await.unwrap();
+    let brokers = broker.bootstrap();
+    let google = Google::start().await;
+    let gs = google.sheet().await;
+    let (sheet, token) = (gs.spreadsheet.clone(), gs.token.clone());
+    let cdc = reader(&e, &brokers);
+    cdc.wait("/status", |v| v["state"] == "streaming").await;
+    let mut connect = connector(&e, &brokers);
+    connect.wait("/readyz", |_| true).await;
+    let r = e
+        .http
+        .post(format!("{}/v1/integrations", connect.url()))
+        .bearer_auth(&e.key)
+        .json(&google.integration(&e, &gs))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+
+    let mut want = vec![
+        submit(&e, "Ada").await,
+        submit(&e, "Bob").await,
+        submit(&e, "Cyd").await,
+    ];
+    let v = wait_rows(&google, &token, &sheet, "Responses", &want).await;
+
+    // A person sorts by hand: rows 2 and 3 trade places. Then Ada's answer is edited.
+    person(
+        &google,
+        &token,
+        &sheet,
+        "/values:batchUpdate",
+        json!({"valueInputOption": "RAW", "data": [
+            {"range": "Responses!A2", "values": [v[2]]},
+            {"range": "Responses!A3", "values": [v[1]]}
+        ]}),
+    )
+    .await;
+    let (s, _) = e
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/v1/forms/{}/responses/{}", e.form_id(), want[0].0),
+            Some(json!({"answers": {"name": "Ada (edited)"}})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    want[0].1 = "Ada (edited)".into();
+    wait_rows(&google, &token, &sheet, "Responses", &want).await;
+
+    // A person types a total under the data and a note beside it, in the rows new responses
+    // would take next; the connector is killed meanwhile.
+    person(
+        &google,
+        &token,
+        &sheet,
+        "/values:batchUpdate",
+        json!({"valueInputOption": "RAW", "data": [
+            {"range": "Responses!A5:B5", "values": [["Total", 3]]},
+            {"range": "Responses!H2", "values": [["call back"]]}
+        ]}),
+    )
+    .await;
+    connect.kill9();
+    connect = connector(&e, &brokers);
+    want.push(submit(&e, "Dee").await);
+    want.push(submit(&e, "Eve").await);
+    wait_rows(&google, &token, &sheet, "Responses", &want).await;
+
+    // A person trims the grid to the rows in use plus one, then more responses arrive.
+    let meta: Value = reqwest::Client::new()
+        .get(format!("{}/v4/spreadsheets/{sheet}", google.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let gid = meta["sheets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["properties"]["title"] == "Responses")
+        .map(|s| s["properties"]["sheetId"].clone())
+        .unwrap();
+    let used = cells(&google, &token, &sheet, "Responses!A1:J").await.len();
+    person(
+        &google,
+        &token,
+        &sheet,
+        ":batchUpdate",
+        json!({"requests": [{"updateSheetProperties": {
+            "properties": {"sheetId": gid, "gridProperties": {"rowCount": used + 1}},
+            "fields": "gridProperties.rowCount"}}]}),
+    )
+    .await;
+    for n in ["Fay", "Gus", "Hal"] {
+        want.push(submit(&e, n).await);
+    }
+    wait_rows(&google, &token, &sheet, "Responses", &want).await;
+
+    // A person renames the tab; an old response is edited and a new one arrives.
+    person(
+        &google,
+        &token,
+        &sheet,
+        ":batchUpdate",
+        json!({"requests": [{"updateSheetProperties": {
+            "properties": {"sheetId": gid, "title": "Sign-ups"}, "fields": "title"}}]}),
+    )
+    .await;
+    let (s, _) = e
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/v1/forms/{}/responses/{}", e.form_id(), want[1].0),
+            Some(json!({"answers": {"name": "Bob (edited)"}})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    want[1].1 = "Bob (edited)".into();
+    want.push(submit(&e, "Ivy").await);
+    let v = wait_rows(&google, &token, &sheet, "'Sign-ups'", &want).await;
+
+    // What the person typed is intact, each response is in one row at its newest revision,
+    // and nothing went to the dead-letter topic.
+    assert!(
+        v.iter()
+            .any(|r| r.first().and_then(Value::as_str) == Some("Total")),
+        "{v:?}"
+    );
+    let noted = v
+        .iter()
+        .filter(|r| r.get(7).and_then(Value::as_str) == Some("call back"))
+        .count();
+    assert_eq!(noted, 1, "{v:?}");
+    for (id, name) in &want {
+        let rows = rows_of(&v, id);
+        assert_eq!(rows.len(), 1, "{id} {name}: {v:?}");
+        assert_eq!(rows[0].get(5).and_then(Value::as_str), Some(name.as_str()));
+    }
+    let m = connect.metrics().await;
+    assert_eq!(metric(&m, "collect_connect_dead_letters_total"), 0.0, "{m}");
+    connect.kill9();
+}
