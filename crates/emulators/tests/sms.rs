@@ -272,7 +272,7 @@ async fn rate_limits_callbacks_and_faults() {
         let (status, body) = s
             .send(&[
                 ("To", "+4791234567"),
-                ("From", "+15005550001"),
+                ("From", "+16502530110"),
                 ("Body", "x"),
             ])
             .await
@@ -312,7 +312,7 @@ async fn rate_limits_callbacks_and_faults() {
     let (_, m) = s
         .send(&[
             ("To", "+4791234567"),
-            ("From", "+15005550002"),
+            ("From", "+16502530120"),
             ("Body", "hi"),
             ("StatusCallback", &hook),
         ])
@@ -347,7 +347,7 @@ async fn rate_limits_callbacks_and_faults() {
     let (status, body) = s
         .send(&[
             ("To", "+4791234567"),
-            ("From", "+15005550003"),
+            ("From", "+16502530130"),
             ("Body", "x"),
         ])
         .await
@@ -365,7 +365,7 @@ async fn rate_limits_callbacks_and_faults() {
     let r = s
         .send(&[
             ("To", "+4792222222"),
-            ("From", "+15005550004"),
+            ("From", "+16502530140"),
             ("Body", "ambiguous"),
         ])
         .await;
