@@ -744,6 +744,21 @@ async fn a_recipient_with_many_messages_pages_through_all_of_them() {
     let expected = all.iter().filter(|m| day_of(m) == day).count();
     assert!(expected > 0);
     assert_eq!((on_day.len(), after.len()), (expected, expected));
+    // A page size over Twilio's 1000 is served 1000 a page; none is refused.
+    let (status, _, page) = s
+        .get(&format!("{}?To=%2B4791111111&PageSize=5000", s.path()))
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(
+        (
+            page["page_size"].as_u64(),
+            page["messages"].as_array().unwrap().len()
+        ),
+        (Some(1000), 120)
+    );
+    assert!(page["next_page_uri"].is_null());
+    let (status, _, e) = s.get(&format!("{}?PageSize=0", s.path())).await;
+    assert_eq!((status, e["code"].as_u64()), (400, Some(20001)));
     let (before, _) = s.list_all("To=%2B4791111111&DateSent%3C=2001-01-01").await;
     assert!(before.is_empty());
 }

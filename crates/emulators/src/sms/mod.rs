@@ -5,8 +5,9 @@
 //!   `Body`, `StatusCallback`) answers 201 with the Message resource;
 //! - `GET /2010-04-01/Accounts/{AccountSid}/Messages.json` lists messages, newest first,
 //!   filtered by `To`, `From`, `DateSent`, `DateSent<`, `DateSent>` (a day `YYYY-MM-DD` or
-//!   an instant `YYYY-MM-DDThh:mm:ssZ`, bounds included), paged with `PageSize` (at most
-//!   1000) and `PageToken` (`next_page_uri`);
+//!   an instant `YYYY-MM-DDThh:mm:ssZ`, bounds included), paged with `PageSize` (50 by
+//!   default, 1000 at most: larger sizes are served 1000 a page) and `PageToken`
+//!   (`next_page_uri`);
 //! - `GET /2010-04-01/Accounts/{AccountSid}/Messages/{Sid}.json` fetches one.
 //!
 //! HTTP basic auth with the account SID and auth token. Twilio's errors
