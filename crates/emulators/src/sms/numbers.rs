@@ -123,6 +123,15 @@ mod tests {
             "+15005550100",
             "+447700900000",
             "+447700900999",
+            // Recipients the connector's and the pipeline's tests text through the emulator.
+            "+4799999999",
+            "+4791234568",
+            "+4790000001",
+            "+4790000002",
+            "+4791000000",
+            "+4791000199",
+            "+16502530001",
+            "+16502530013",
         ] {
             assert!(is_valid_number(ok), "{ok} must be valid");
         }
