@@ -2,7 +2,8 @@
 //! (`batchGetByDataFilter`, `batchUpdateByDataFilter`).
 //!
 //! Append, as Google's guide "Append values" describes it: the input range is searched for
-//! a table (rows with content in the range's columns, contiguous from the first such row),
+//! a table (rows with content in the range's columns, contiguous from the first such row at
+//! or below the range's first row),
 //! and the values go to the row after the table's last, from the table's first column; with
 //! no table, to the range's first cell. `OVERWRITE` writes there, growing the grid when the
 //! values reach past it; `INSERT_ROWS` first inserts as many whole rows there.
@@ -56,12 +57,10 @@ impl Spreadsheet {
             (true, Some(c)) => c,
             _ => grid_cols.saturating_sub(1),
         };
-        let last_row = match (a.has_end, t.end_row) {
-            (true, Some(r)) => r,
-            _ => grid_rows.saturating_sub(1),
-        };
-        // The table: the first row with content in the range's columns, and the rows with
-        // content right after it.
+        // The table: the first row at or below the range's first row with content in the
+        // range's columns, and the rows with content right after it. The range's last row
+        // does not bound it: `Sheet1!A1:E1` appends after a table of a hundred rows.
+        let last_row = grid_rows.saturating_sub(1);
         let mut table: Option<(u32, u32, u32, u32)> = None;
         for ((r, c), _) in sheet.cells.range((t.row, 0)..=(last_row, u32::MAX)) {
             if *c < t.col || *c > last_col {
