@@ -535,3 +535,55 @@ fn within(inner: &Location, outer: &Location) -> bool {
         Location::Dimension { .. } => inner == outer,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_is_bounded_per_sheet_and_for_the_spreadsheet() {
+        let who = Principal {
+            email: "a@p.iam.gserviceaccount.com".into(),
+            project: "p".into(),
+        };
+        let mut s = Spreadsheet::new("s".into(), "T".into(), &[("A".into(), 5, 5)], None);
+        let create = |s: &mut Spreadsheet, location: Value, value: String| {
+            s.batch_update(
+                &[json!({"createDeveloperMetadata": {"developerMetadata": {
+                    "metadataKey": "k", "metadataValue": value, "visibility": "DOCUMENT", "location": location
+                }}})],
+                &who,
+            )
+        };
+        let row = json!({"dimensionRange": {"sheetId": 0, "dimension": "ROWS", "startIndex": 1, "endIndex": 2}});
+        create(&mut s, row.clone(), "x".repeat(METADATA_CHARS - 2)).unwrap();
+        let e = create(&mut s, json!({"sheetId": 0}), "xy".into()).unwrap_err();
+        assert!(
+            e.message.contains("limit of 30000 characters"),
+            "{}",
+            e.message
+        );
+        assert_eq!(s.metadata.len(), 1, "a refused batch keeps nothing");
+        create(&mut s, json!({"spreadsheet": true}), "x".repeat(100)).unwrap();
+        // PROJECT metadata is not seen by another project.
+        s.batch_update(
+            &[json!({"createDeveloperMetadata": {"developerMetadata": {
+                "metadataId": 5, "metadataKey": "mine", "visibility": "PROJECT", "location": {"spreadsheet": true}
+            }}})],
+            &who,
+        )
+        .unwrap();
+        let stranger = Principal {
+            email: "b@q.iam.gserviceaccount.com".into(),
+            project: "q".into(),
+        };
+        let lookup = [json!({"developerMetadataLookup": {"metadataKey": "mine"}})];
+        assert_eq!(s.search_metadata(&lookup, &stranger).unwrap(), json!({}));
+        assert_eq!(
+            s.search_metadata(&lookup, &who).unwrap()["matchedDeveloperMetadata"][0]["developerMetadata"]
+                ["metadataId"],
+            5
+        );
+        assert_eq!(s.get_metadata(5, &stranger).unwrap_err().code, 404);
+    }
+}
