@@ -3,10 +3,13 @@
 //!
 //! Served, under the same paths as `https://sheets.googleapis.com` and
 //! `https://oauth2.googleapis.com`:
-//! - `POST /v4/spreadsheets`, `GET /v4/spreadsheets/{id}`, `POST /v4/spreadsheets/{id}:batchUpdate`
-//!   (addSheet, appendDimension, updateSheetProperties, deleteSheet);
-//! - `GET|PUT /v4/spreadsheets/{id}/values/{range}`, `POST .../values:batchUpdate`,
-//!   `GET .../values:batchGet`, `POST .../values/{range}:clear`;
+//! - `POST /v4/spreadsheets`, `GET /v4/spreadsheets/{id}` (`fields` masks, `includeGridData`),
+//!   `POST /v4/spreadsheets/{id}:batchUpdate` (sheets, rows and columns as people change
+//!   them, protected ranges, developer metadata: `requests.rs` lists the kinds);
+//! - `GET|PUT /v4/spreadsheets/{id}/values/{range}`, `POST .../values/{range}:append`,
+//!   `POST .../values/{range}:clear`, `POST .../values:batchUpdate`, `GET .../values:batchGet`,
+//!   `POST .../values:batchGetByDataFilter`, `POST .../values:batchUpdateByDataFilter`;
+//! - `POST .../developerMetadata:search`, `GET .../developerMetadata/{metadataId}`;
 //! - `POST /token`: JWT bearer (service accounts), authorization code and refresh token.
 //!
 //! Google's errors (`{"error": {"code", "message", "status"}}`), grid bounds, the 10,000,000
@@ -19,8 +22,17 @@
 //! 429 storms and failures after a write is applied; read statistics and the request log.
 
 pub mod a1;
+mod admin;
+mod api;
+mod dimensions;
+pub mod fields;
+pub mod grid;
+pub mod metadata;
 pub mod model;
 pub mod oauth;
+pub mod protection;
+mod requests;
+pub mod values;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
@@ -28,17 +40,17 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
-use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{get, post};
 use rand::Rng;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-use crate::admin::{bad, chance, check_faults, throttle_until};
-use model::{GoogleError, Render, Spreadsheet};
+use crate::admin::chance;
+use model::{GoogleError, Spreadsheet};
 use oauth::{OAuth, Principal};
 
 /// Most bytes of a request body.
@@ -160,16 +172,29 @@ impl Emulator {
         format!("{}/token", self.base_url)
     }
 
-    /// Creates a spreadsheet directly (admin).
+    /// Creates a spreadsheet directly (admin): owned by a person, not by any principal of
+    /// the API, so protected ranges hold against every principal that is not their editor.
     pub fn create_spreadsheet(
         &self,
         title: &str,
         sheets: &[(String, u32, u32)],
         shared_with: Option<Vec<String>>,
     ) -> Value {
+        self.create_owned(title, sheets, shared_with, None)
+    }
+
+    /// Creates a spreadsheet owned by `owner`.
+    fn create_owned(
+        &self,
+        title: &str,
+        sheets: &[(String, u32, u32)],
+        shared_with: Option<Vec<String>>,
+        owner: Option<String>,
+    ) -> Value {
         let id = random_id();
-        let s = Spreadsheet::new(id.clone(), title.into(), sheets, shared_with);
-        let json = s.to_json();
+        let mut s = Spreadsheet::new(id.clone(), title.into(), sheets, shared_with);
+        s.owner = owner;
+        let json = s.to_json(false);
         self.lock().spreadsheets.insert(id, s);
         json
     }
@@ -295,22 +320,12 @@ pub async fn serve(
 pub fn router(emulator: Emulator) -> Router {
     Router::new()
         .route("/token", post(token))
-        .route("/v4/spreadsheets", post(create))
-        .route("/v4/spreadsheets/{*rest}", get(api).post(api).put(api))
-        .route("/emulator/service-accounts", post(admin_service_account))
+        .route("/v4/spreadsheets", post(api::create))
         .route(
-            "/emulator/service-accounts/{email}/disable",
-            post(admin_disable),
+            "/v4/spreadsheets/{*rest}",
+            get(api::api).post(api::api).put(api::api),
         )
-        .route("/emulator/oauth-clients", post(admin_client))
-        .route("/emulator/authorization-codes", post(admin_code))
-        .route("/emulator/revoke", post(admin_revoke))
-        .route("/emulator/spreadsheets", post(admin_spreadsheet))
-        .route("/emulator/faults", put(admin_faults).get(admin_get_faults))
-        .route("/emulator/quotas", put(admin_quotas))
-        .route("/emulator/stats", get(admin_stats))
-        .route("/emulator/requests", get(admin_requests))
-        .route("/emulator/access-tokens", post(admin_access_token))
+        .merge(admin::routes())
         .route(
             "/healthz",
             get(|| async { axum::Json(json!({"status": "ok"})) }),
@@ -378,416 +393,4 @@ async fn admit(e: &Emulator, headers: &HeaderMap, write: bool) -> Result<Princip
     }
     charge(&mut inner, write, &p)?;
     Ok(p)
-}
-
-fn with_sheet<T>(
-    inner: &mut Inner,
-    id: &str,
-    p: &Principal,
-    f: impl FnOnce(&mut Spreadsheet) -> Result<T, GoogleError>,
-) -> Result<T, GoogleError> {
-    let s = inner
-        .spreadsheets
-        .get_mut(id)
-        .ok_or_else(|| google(404, "NOT_FOUND", "Requested entity was not found."))?;
-    if let Some(shared) = &s.shared_with
-        && !shared.contains(&p.email)
-    {
-        return Err(google(
-            403,
-            "PERMISSION_DENIED",
-            "The caller does not have permission",
-        ));
-    }
-    f(s)
-}
-
-async fn create(
-    State(e): State<Emulator>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
-    let result = async {
-        admit(&e, &headers, true).await?;
-        let v: Value = serde_json::from_slice(&body)
-            .map_err(|err| GoogleError::invalid(format!("Invalid JSON payload received. {err}")))?;
-        let title = v["properties"]["title"]
-            .as_str()
-            .unwrap_or("Untitled spreadsheet")
-            .to_string();
-        let sheets: Vec<(String, u32, u32)> = v["sheets"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .enumerate()
-                    .map(|(i, s)| {
-                        let p = &s["properties"];
-                        (
-                            p["title"]
-                                .as_str()
-                                .map(str::to_string)
-                                .unwrap_or_else(|| format!("Sheet{}", i + 1)),
-                            p["gridProperties"]["rowCount"].as_u64().unwrap_or(1000) as u32,
-                            p["gridProperties"]["columnCount"].as_u64().unwrap_or(26) as u32,
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        Ok::<Value, GoogleError>(e.create_spreadsheet(&title, &sheets, None))
-    }
-    .await;
-    match result {
-        Ok(v) => axum::Json(v).into_response(),
-        Err(err) => error(&err),
-    }
-}
-
-fn query_value<'a>(q: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
-}
-
-fn render_of(q: &[(String, String)]) -> Result<Render, GoogleError> {
-    match query_value(q, "valueRenderOption").unwrap_or("FORMATTED_VALUE") {
-        "FORMATTED_VALUE" => Ok(Render::Formatted),
-        "UNFORMATTED_VALUE" => Ok(Render::Unformatted),
-        "FORMULA" => Ok(Render::Formula),
-        other => Err(GoogleError::invalid(format!(
-            "Invalid value at 'value_render_option' ({other})"
-        ))),
-    }
-}
-
-fn input_option(option: Option<&str>) -> Result<bool, GoogleError> {
-    match option {
-        Some("RAW") => Ok(false),
-        Some("USER_ENTERED") => Ok(true),
-        Some(other) => Err(GoogleError::invalid(format!(
-            "Invalid value at 'value_input_option' ({other})"
-        ))),
-        None => Err(GoogleError::invalid(
-            "'valueInputOption' is required but not specified",
-        )),
-    }
-}
-
-/// Every `/v4/spreadsheets/{...}` call, routed by method and the path after the id.
-async fn api(
-    State(e): State<Emulator>,
-    Path(rest): Path<String>,
-    Query(q): Query<Vec<(String, String)>>,
-    req: Request,
-) -> Response {
-    let method = req.method().clone();
-    let headers = req.headers().clone();
-    let body = match axum::body::to_bytes(req.into_body(), MAX_BODY).await {
-        Ok(b) => b,
-        Err(_) => {
-            return error(&GoogleError::invalid(format!(
-                "Request payload size exceeds the limit: {MAX_BODY} bytes."
-            )));
-        }
-    };
-    let (id, tail) = match rest.find(['/', ':']) {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest.as_str(), ""),
-    };
-    let write = method != Method::GET;
-    let name = match (&method, tail) {
-        (&Method::GET, "") => "spreadsheets.get",
-        (&Method::POST, ":batchUpdate") => "spreadsheets.batchUpdate",
-        (&Method::POST, "/values:batchUpdate") => "values.batchUpdate",
-        (&Method::GET, "/values:batchGet") => "values.batchGet",
-        (&Method::GET, t) if t.starts_with("/values/") => "values.get",
-        (&Method::PUT, t) if t.starts_with("/values/") => "values.update",
-        (&Method::POST, t) if t.starts_with("/values/") && t.ends_with(":clear") => "values.clear",
-        _ => return error(&google(404, "NOT_FOUND", "Requested entity was not found.")),
-    };
-    *e.lock().stats.requests.entry(name.into()).or_default() += 1;
-    let p = match admit(&e, &headers, write).await {
-        Ok(p) => p,
-        Err(err) => return error(&err),
-    };
-    let parsed: Result<Value, GoogleError> = if write && !body.is_empty() {
-        serde_json::from_slice(&body)
-            .map_err(|err| GoogleError::invalid(format!("Invalid JSON payload received. {err}")))
-    } else {
-        Ok(Value::Null)
-    };
-    let body = match parsed {
-        Ok(b) => b,
-        Err(err) => return error(&err),
-    };
-    let range = tail
-        .strip_prefix("/values/")
-        .map(|r| r.trim_end_matches(":clear").to_string())
-        .unwrap_or_default();
-    let mut inner = e.lock();
-    let fail_after = write && chance(inner.faults.fail_after_write_rate);
-    let result = match name {
-        "spreadsheets.get" => with_sheet(&mut inner, id, &p, |s| Ok(s.to_json())),
-        "spreadsheets.batchUpdate" => {
-            let requests = body["requests"].as_array().cloned().unwrap_or_default();
-            with_sheet(&mut inner, id, &p, |s| {
-                let replies = s.batch_update(&requests)?;
-                Ok(json!({"spreadsheetId": s.id, "replies": replies}))
-            })
-        }
-        "values.get" => render_of(&q).and_then(|r| with_sheet(&mut inner, id, &p, |s| s.get_values(&range, r))),
-        "values.batchGet" => render_of(&q).and_then(|r| {
-            with_sheet(&mut inner, id, &p, |s| {
-                let ranges = q.iter().filter(|(k, _)| k == "ranges").map(|(_, v)| s.get_values(v, r)).collect::<Result<Vec<_>, _>>()?;
-                Ok(json!({"spreadsheetId": s.id, "valueRanges": ranges}))
-            })
-        }),
-        "values.update" => input_option(query_value(&q, "valueInputOption")).and_then(|ue| {
-            let values = body["values"].as_array().cloned().unwrap_or_default();
-            let major = body["majorDimension"].as_str().unwrap_or("ROWS").to_string();
-            let r = with_sheet(&mut inner, id, &p, |s| s.update_values(&range, &major, &values, ue))?;
-            inner.stats.cells_written += r["updatedCells"].as_u64().unwrap_or(0);
-            Ok(r)
-        }),
-        "values.clear" => with_sheet(&mut inner, id, &p, |s| {
-            let current = s.get_values(&range, Render::Unformatted)?;
-            let rows = current["values"].as_array().map(|a| a.len()).unwrap_or(0);
-            let cols = current["values"].as_array().and_then(|a| a.iter().filter_map(|r| r.as_array().map(|x| x.len())).max()).unwrap_or(0);
-            let blank: Vec<Value> = (0..rows).map(|_| Value::Array(vec![Value::String(String::new()); cols])).collect();
-            s.update_values(&range, "ROWS", &blank, false)?;
-            Ok(json!({"spreadsheetId": s.id, "clearedRange": current["range"]}))
-        }),
-        "values.batchUpdate" => input_option(body["valueInputOption"].as_str()).and_then(|ue| {
-            let data = body["data"].as_array().cloned().unwrap_or_default();
-            let r = with_sheet(&mut inner, id, &p, |s| {
-                // All or nothing, like Google: apply to a copy first.
-                let mut next = s.clone();
-                let mut responses = Vec::new();
-                for d in &data {
-                    let range = d["range"].as_str().ok_or_else(|| GoogleError::invalid("Invalid data: range is required"))?;
-                    let values = d["values"].as_array().cloned().unwrap_or_default();
-                    responses.push(next.update_values(range, d["majorDimension"].as_str().unwrap_or("ROWS"), &values, ue)?);
-                }
-                *s = next;
-                let sum = |k: &str| responses.iter().map(|r| r[k].as_u64().unwrap_or(0)).sum::<u64>();
-                Ok(json!({
-                    "spreadsheetId": s.id,
-                    "totalUpdatedRows": sum("updatedRows"),
-                    "totalUpdatedColumns": sum("updatedColumns"),
-                    "totalUpdatedCells": sum("updatedCells"),
-                    "totalUpdatedSheets": 1,
-                    "responses": responses,
-                }))
-            })?;
-            inner.stats.cells_written += r["totalUpdatedCells"].as_u64().unwrap_or(0);
-            let log_entry = json!({
-                "method": name,
-                "spreadsheet": id,
-                "principal": p.email,
-                "value_input_option": body["valueInputOption"],
-                "ranges": data.iter().map(|d| d["range"].clone()).collect::<Vec<_>>(),
-                "rows": data.iter().map(|d| d["values"].as_array().map(|v| v.len()).unwrap_or(0)).sum::<usize>(),
-                "bytes": body.to_string().len(),
-            });
-            inner.log.push_back(log_entry);
-            if inner.log.len() > 1000 {
-                inner.log.pop_front();
-            }
-            Ok(r)
-        }),
-        _ => Err(google(404, "NOT_FOUND", "Requested entity was not found.")),
-    };
-    if write && result.is_ok() {
-        inner.stats.write_requests += 1;
-    }
-    match result {
-        Ok(_) if fail_after => {
-            inner.stats.injected_errors += 1;
-            error(&google(500, "INTERNAL", "Internal error encountered."))
-        }
-        Ok(v) => axum::Json(v).into_response(),
-        Err(err) => error(&err),
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewAccount {
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    project: Option<String>,
-}
-
-async fn admin_service_account(
-    State(e): State<Emulator>,
-    axum::Json(b): axum::Json<NewAccount>,
-) -> Response {
-    let name = b
-        .name
-        .unwrap_or_else(|| format!("collect-{}", rand::rng().random_range(1000..9999)));
-    match e.create_service_account(&name, &b.project.unwrap_or_else(|| "collect-dev".into())) {
-        Ok(key) => (StatusCode::CREATED, axum::Json(key)).into_response(),
-        Err(err) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            axum::Json(json!({"error": err})),
-        )
-            .into_response(),
-    }
-}
-
-async fn admin_disable(State(e): State<Emulator>, Path(email): Path<String>) -> Response {
-    if e.lock().oauth.disable_service_account(&email) {
-        axum::Json(json!({"disabled": email})).into_response()
-    } else {
-        (
-            StatusCode::NOT_FOUND,
-            axum::Json(json!({"error": "no such service account"})),
-        )
-            .into_response()
-    }
-}
-
-async fn admin_client(
-    State(e): State<Emulator>,
-    axum::Json(b): axum::Json<NewAccount>,
-) -> Response {
-    let (id, secret) = e
-        .lock()
-        .oauth
-        .create_client(&b.project.unwrap_or_else(|| "collect-dev".into()));
-    (
-        StatusCode::CREATED,
-        axum::Json(json!({"client_id": id, "client_secret": secret})),
-    )
-        .into_response()
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewCode {
-    client_id: String,
-    user: String,
-    redirect_uri: String,
-}
-
-async fn admin_code(State(e): State<Emulator>, axum::Json(b): axum::Json<NewCode>) -> Response {
-    match e
-        .lock()
-        .oauth
-        .issue_code(&b.client_id, &b.user, &b.redirect_uri)
-    {
-        Some(code) => (StatusCode::CREATED, axum::Json(json!({"code": code}))).into_response(),
-        None => bad("unknown client_id"),
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Revoke {
-    token_or_user: String,
-}
-
-async fn admin_revoke(State(e): State<Emulator>, axum::Json(b): axum::Json<Revoke>) -> Response {
-    let n = e.lock().oauth.revoke(&b.token_or_user);
-    axum::Json(json!({"revoked": n})).into_response()
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewSheet {
-    title: String,
-    rows: u32,
-    columns: u32,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewSpreadsheet {
-    #[serde(default)]
-    title: Option<String>,
-    #[serde(default)]
-    sheets: Vec<NewSheet>,
-    #[serde(default)]
-    shared_with: Option<Vec<String>>,
-}
-
-async fn admin_spreadsheet(
-    State(e): State<Emulator>,
-    axum::Json(b): axum::Json<NewSpreadsheet>,
-) -> Response {
-    let sheets: Vec<(String, u32, u32)> = b
-        .sheets
-        .into_iter()
-        .map(|s| (s.title, s.rows, s.columns))
-        .collect();
-    let s = e.create_spreadsheet(
-        &b.title.unwrap_or_else(|| "Untitled spreadsheet".into()),
-        &sheets,
-        b.shared_with,
-    );
-    (StatusCode::CREATED, axum::Json(s)).into_response()
-}
-
-async fn admin_faults(State(e): State<Emulator>, axum::Json(f): axum::Json<Faults>) -> Response {
-    if let Some(refused) = check_faults(
-        &[f.error_rate, f.fail_after_write_rate],
-        f.error_rate,
-        f.error_status,
-    ) {
-        return refused;
-    }
-    let mut inner = e.lock();
-    inner.throttle_until = throttle_until(f.throttle_seconds);
-    inner.faults = f.clone();
-    axum::Json(json!(f)).into_response()
-}
-
-async fn admin_get_faults(State(e): State<Emulator>) -> Response {
-    axum::Json(json!(e.lock().faults.clone())).into_response()
-}
-
-async fn admin_quotas(State(e): State<Emulator>, axum::Json(q): axum::Json<Quotas>) -> Response {
-    let mut inner = e.lock();
-    inner.quotas = q;
-    inner.windows.clear();
-    axum::Json(json!(q)).into_response()
-}
-
-async fn admin_stats(State(e): State<Emulator>) -> Response {
-    axum::Json(json!(e.lock().stats)).into_response()
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewAccessToken {
-    email: String,
-    #[serde(default)]
-    project: Option<String>,
-    #[serde(default)]
-    ttl_seconds: Option<u64>,
-}
-
-async fn admin_access_token(
-    State(e): State<Emulator>,
-    axum::Json(b): axum::Json<NewAccessToken>,
-) -> Response {
-    let ttl = b.ttl_seconds.unwrap_or(oauth::TOKEN_LIFETIME.as_secs());
-    if b.email.trim().is_empty() || ttl == 0 || ttl > 366 * 86_400 {
-        return bad("email must be set and ttl_seconds between 1 and 31622400");
-    }
-    let token = e.lock().oauth.mint_for(
-        Principal {
-            email: b.email,
-            project: b.project.unwrap_or_else(|| "collect-dev".into()),
-        },
-        Duration::from_secs(ttl),
-    );
-    (
-        StatusCode::CREATED,
-        axum::Json(json!({"access_token": token, "expires_in": ttl, "token_type": "Bearer"})),
-    )
-        .into_response()
-}
-
-async fn admin_requests(State(e): State<Emulator>) -> Response {
-    axum::Json(json!(e.lock().log.iter().cloned().collect::<Vec<_>>())).into_response()
 }

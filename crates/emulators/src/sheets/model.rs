@@ -1,7 +1,8 @@
-//! Spreadsheets as the Sheets API v4 documents them: sheets with a grid size, cells, the
-//! `values` operations and the structural `batchUpdate` requests the emulator supports
-//! (addSheet, appendDimension, updateSheetProperties, deleteSheet), with Google's limits:
-//! the grid bounds every write, 10,000,000 cells per spreadsheet, 50,000 characters per cell.
+//! Spreadsheets as the Sheets API v4 documents them: sheets with a grid size, cells, and the
+//! `values` operations (update, get, append), with Google's limits: the grid bounds every
+//! write, 10,000,000 cells per spreadsheet, 50,000 characters per cell, and protected ranges
+//! refuse writes by those who are not their editors. The `batchUpdate` requests live in
+//! `requests.rs` and `dimensions.rs`, developer metadata in `metadata.rs`.
 
 use std::collections::BTreeMap;
 
@@ -9,6 +10,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::a1::{self, A1, column_letters, quote_sheet};
+use super::metadata::DeveloperMetadata;
+use super::oauth::Principal;
+use super::protection::ProtectedRange;
 
 /// Most cells in a spreadsheet, all sheets together.
 pub const CELL_LIMIT: u64 = 10_000_000;
@@ -69,6 +73,27 @@ pub enum Render {
 }
 
 impl Cell {
+    /// A `CellData` with the value as entered, as computed and as shown.
+    fn grid_value(&self) -> Value {
+        let typed = |v: &Cell| match v {
+            Cell::Text(s) => json!({"stringValue": s}),
+            Cell::Number(n) => json!({"numberValue": n}),
+            Cell::Bool(b) => json!({"boolValue": b}),
+            Cell::Formula(f) => json!({"formulaValue": f}),
+        };
+        let effective = match self {
+            Cell::Formula(_) => {
+                json!({"errorValue": {"type": "NAME", "message": "Unknown function"}})
+            }
+            other => typed(other),
+        };
+        json!({
+            "userEnteredValue": typed(self),
+            "effectiveValue": effective,
+            "formattedValue": self.render(Render::Formatted),
+        })
+    }
+
     fn render(&self, how: Render) -> Value {
         match (self, how) {
             (Cell::Text(s), _) => Value::String(s.clone()),
@@ -110,7 +135,25 @@ pub struct Sheet {
 }
 
 impl Sheet {
-    fn properties(&self, index: usize) -> Value {
+    /// `GridData` of the whole sheet from A1 to its last cell with content: each cell's
+    /// `userEnteredValue`, `effectiveValue` and `formattedValue`.
+    fn grid_data(&self) -> Value {
+        let mut rows: Vec<Value> = Vec::new();
+        for ((r, c), cell) in &self.cells {
+            while rows.len() <= *r as usize {
+                rows.push(json!({"values": []}));
+            }
+            if let Some(values) = rows[*r as usize]["values"].as_array_mut() {
+                while values.len() < *c as usize {
+                    values.push(json!({}));
+                }
+                values.push(cell.grid_value());
+            }
+        }
+        json!({"startRow": 0, "startColumn": 0, "rowData": rows})
+    }
+
+    pub(crate) fn properties(&self, index: usize) -> Value {
         json!({
             "sheetId": self.sheet_id,
             "title": self.title,
@@ -132,7 +175,19 @@ pub struct Spreadsheet {
     pub sheets: Vec<Sheet>,
     /// Principals allowed in (`None`: anyone with a valid token).
     pub shared_with: Option<Vec<String>>,
-    next_sheet_id: i64,
+    pub(crate) next_sheet_id: i64,
+    /// Who created it through the API (the owner edits protected ranges too).
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Developer metadata, wherever it is located.
+    #[serde(default)]
+    pub metadata: Vec<DeveloperMetadata>,
+    /// Protected ranges of every sheet.
+    #[serde(default)]
+    pub protected: Vec<ProtectedRange>,
+    /// Last id given to a protected range or metadata.
+    #[serde(default)]
+    pub(crate) next_object_id: i64,
 }
 
 /// Cells as a list of `[row, column, cell]` (JSON object keys cannot be pairs).
@@ -159,15 +214,15 @@ mod cells {
 }
 
 /// Where a range's writes go, after bounds checks.
-struct Target {
-    sheet: usize,
-    row: u32,
-    col: u32,
-    end_row: Option<u32>,
-    end_col: Option<u32>,
+pub(crate) struct Target {
+    pub(crate) sheet: usize,
+    pub(crate) row: u32,
+    pub(crate) col: u32,
+    pub(crate) end_row: Option<u32>,
+    pub(crate) end_col: Option<u32>,
 }
 
-fn grid_error(title: &str, row: u32, col: u32, rows: u32, cols: u32) -> GoogleError {
+pub(crate) fn grid_error(title: &str, row: u32, col: u32, rows: u32, cols: u32) -> GoogleError {
     GoogleError::invalid(format!(
         "Range ({}!{}{}) exceeds grid limits. Max rows: {rows}, max columns: {cols}",
         quote_sheet(title),
@@ -176,7 +231,7 @@ fn grid_error(title: &str, row: u32, col: u32, rows: u32, cols: u32) -> GoogleEr
     ))
 }
 
-fn unparsable(range: &str) -> GoogleError {
+pub(crate) fn unparsable(range: &str) -> GoogleError {
     GoogleError::invalid(format!("Unable to parse range: {range}"))
 }
 
@@ -194,6 +249,10 @@ impl Spreadsheet {
             sheets: Vec::new(),
             shared_with,
             next_sheet_id: 0,
+            owner: None,
+            metadata: Vec::new(),
+            protected: Vec::new(),
+            next_object_id: 0,
         };
         let default = [("Sheet1".to_string(), 1000, 26)];
         for (title, rows, cols) in if sheets.is_empty() {
@@ -213,7 +272,7 @@ impl Spreadsheet {
         s
     }
 
-    fn next_id(&mut self) -> i64 {
+    pub(crate) fn next_id(&mut self) -> i64 {
         let id = self.next_sheet_id;
         self.next_sheet_id += 1_000_003;
         id
@@ -227,7 +286,7 @@ impl Spreadsheet {
             .sum()
     }
 
-    fn check_cells(&self) -> Result<()> {
+    pub(crate) fn check_cells(&self) -> Result<()> {
         if self.cells() > CELL_LIMIT {
             return Err(GoogleError::invalid(format!(
                 "This action would increase the number of cells in the workbook above the limit of {CELL_LIMIT} cells."
@@ -236,14 +295,64 @@ impl Spreadsheet {
         Ok(())
     }
 
-    /// The Spreadsheet resource.
-    pub fn to_json(&self) -> Value {
-        json!({
+    /// The Spreadsheet resource: properties, sheets with their protected ranges and
+    /// sheet-level developer metadata, spreadsheet-level developer metadata, and with
+    /// `grid_data` each sheet's cells (`sheets[].data`, as `includeGridData=true` asks).
+    pub fn to_json(&self, grid_data: bool) -> Value {
+        let sheets: Vec<Value> = self
+            .sheets
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let mut v = json!({"properties": s.properties(i)});
+                let protected: Vec<Value> = self
+                    .protected
+                    .iter()
+                    .filter(|p| p.range.sheet_id == s.sheet_id)
+                    .map(ProtectedRange::to_json)
+                    .collect();
+                if !protected.is_empty() {
+                    v["protectedRanges"] = json!(protected);
+                }
+                let meta: Vec<Value> = self
+                    .metadata
+                    .iter()
+                    .filter(|m| m.location.sheet_id() == Some(s.sheet_id) && m.location.is_sheet())
+                    .map(DeveloperMetadata::to_json)
+                    .collect();
+                if !meta.is_empty() {
+                    v["developerMetadata"] = json!(meta);
+                }
+                if grid_data {
+                    v["data"] = json!([s.grid_data()]);
+                }
+                v
+            })
+            .collect();
+        let mut out = json!({
             "spreadsheetId": self.id,
             "properties": {"title": self.title, "locale": "en_US", "timeZone": "Etc/GMT"},
-            "sheets": self.sheets.iter().enumerate().map(|(i, s)| json!({"properties": s.properties(i)})).collect::<Vec<_>>(),
+            "sheets": sheets,
             "spreadsheetUrl": format!("https://docs.google.com/spreadsheets/d/{}/edit", self.id),
-        })
+        });
+        let meta: Vec<Value> = self
+            .metadata
+            .iter()
+            .filter(|m| m.location.sheet_id().is_none())
+            .map(DeveloperMetadata::to_json)
+            .collect();
+        if !meta.is_empty() {
+            out["developerMetadata"] = json!(meta);
+        }
+        out
+    }
+
+    /// The index of the sheet with `sheet_id`.
+    pub(crate) fn sheet_pos(&self, sheet_id: i64) -> Result<usize> {
+        self.sheets
+            .iter()
+            .position(|s| s.sheet_id == sheet_id)
+            .ok_or_else(|| GoogleError::invalid(format!("No grid with id: {sheet_id}")))
     }
 
     fn sheet_index(&self, a1: &A1, range: &str) -> Result<usize> {
@@ -257,7 +366,7 @@ impl Spreadsheet {
         }
     }
 
-    fn target(&self, range: &str) -> Result<(Target, A1)> {
+    pub(crate) fn target(&self, range: &str) -> Result<(Target, A1)> {
         let a = a1::parse(range).ok_or_else(|| unparsable(range))?;
         let sheet = self.sheet_index(&a, range)?;
         let t = Target {
@@ -270,7 +379,7 @@ impl Spreadsheet {
         Ok((t, a))
     }
 
-    fn a1_text(&self, sheet: usize, r0: u32, c0: u32, r1: u32, c1: u32) -> String {
+    pub(crate) fn a1_text(&self, sheet: usize, r0: u32, c0: u32, r1: u32, c1: u32) -> String {
         format!(
             "{}!{}{}:{}{}",
             quote_sheet(&self.sheets[sheet].title),
@@ -284,13 +393,15 @@ impl Spreadsheet {
     /// `values.update` of one range: `values` laid out from the range's top-left, by row
     /// (or by column with `major = "COLUMNS"`); a one-cell range is only the anchor. `null`
     /// skips a cell, `""` clears it. With `user_entered`, text that looks like a number, a
-    /// boolean or a formula becomes one; with RAW it stays text.
+    /// boolean or a formula becomes one; with RAW it stays text. A write to a cell of a
+    /// range protected against `who` is refused and nothing is written.
     pub fn update_values(
         &mut self,
         range: &str,
         major: &str,
         values: &[Value],
         user_entered: bool,
+        who: &Principal,
     ) -> Result<Value> {
         let (mut t, a) = self.target(range)?;
         if !a.has_end {
@@ -375,6 +486,13 @@ impl Spreadsheet {
                 cells += 1;
             }
         }
+        let sheet_id = self.sheets[t.sheet].sheet_id;
+        if writes
+            .iter()
+            .any(|((r, c), _)| self.protected_against(who, sheet_id, *r, *c))
+        {
+            return Err(super::protection::refused());
+        }
         let sheet = &mut self.sheets[t.sheet];
         for (at, cell) in writes {
             match cell {
@@ -429,152 +547,6 @@ impl Spreadsheet {
         }
         Ok(out)
     }
-
-    /// `spreadsheets.batchUpdate`: applies every request or none.
-    pub fn batch_update(&mut self, requests: &[Value]) -> Result<Vec<Value>> {
-        let mut next = self.clone();
-        let mut replies = Vec::new();
-        for (i, req) in requests.iter().enumerate() {
-            let obj = req.as_object().filter(|o| o.len() == 1).ok_or_else(|| {
-                GoogleError::invalid(format!(
-                    "Invalid requests[{i}]: exactly one kind of request is expected"
-                ))
-            })?;
-            let Some((kind, body)) = obj.iter().next() else {
-                continue;
-            };
-            replies.push(match kind.as_str() {
-                "addSheet" => next.add_sheet(body)?,
-                "appendDimension" => next.append_dimension(body)?,
-                "updateSheetProperties" => next.update_sheet_properties(body)?,
-                "deleteSheet" => next.delete_sheet(body)?,
-                other => {
-                    return Err(GoogleError::invalid(format!(
-                        "Invalid JSON payload received. Unknown name \"{other}\" at 'requests[{i}]': Cannot find field."
-                    )));
-                }
-            });
-        }
-        next.check_cells()?;
-        *self = next;
-        Ok(replies)
-    }
-
-    fn sheet_by_id(&mut self, body: &Value, at: &str) -> Result<&mut Sheet> {
-        let id = body[at].as_i64().unwrap_or(0);
-        self.sheets
-            .iter_mut()
-            .find(|s| s.sheet_id == id)
-            .ok_or_else(|| GoogleError::invalid(format!("No grid with id: {id}")))
-    }
-
-    fn add_sheet(&mut self, body: &Value) -> Result<Value> {
-        let p = &body["properties"];
-        let title = match p["title"].as_str() {
-            Some(t) => t.to_string(),
-            None => format!("Sheet{}", self.sheets.len() + 1),
-        };
-        if self.sheets.iter().any(|s| s.title == title) {
-            return Err(GoogleError::invalid(format!(
-                "Invalid requests[0].addSheet: A sheet with the name \"{title}\" already exists. Please enter another name."
-            )));
-        }
-        let grid = &p["gridProperties"];
-        let rows = grid["rowCount"].as_u64().unwrap_or(1000) as u32;
-        let cols = grid["columnCount"].as_u64().unwrap_or(26) as u32;
-        let id = match p["sheetId"].as_i64() {
-            Some(id) => id,
-            None => self.next_id(),
-        };
-        self.sheets.push(Sheet {
-            sheet_id: id,
-            title,
-            rows,
-            cols,
-            cells: BTreeMap::new(),
-        });
-        let index = self.sheets.len() - 1;
-        Ok(json!({"addSheet": {"properties": self.sheets[index].properties(index)}}))
-    }
-
-    fn append_dimension(&mut self, body: &Value) -> Result<Value> {
-        let length = body["length"].as_u64().filter(|n| *n > 0).ok_or_else(|| {
-            GoogleError::invalid("Invalid appendDimension: length must be positive")
-        })?;
-        let dimension = body["dimension"].as_str().unwrap_or_default().to_string();
-        let sheet = self.sheet_by_id(body, "sheetId")?;
-        match dimension.as_str() {
-            "ROWS" => sheet.rows = sheet.rows.saturating_add(length as u32),
-            "COLUMNS" => sheet.cols = sheet.cols.saturating_add(length as u32),
-            _ => {
-                return Err(GoogleError::invalid(
-                    "Invalid appendDimension: dimension must be ROWS or COLUMNS",
-                ));
-            }
-        }
-        Ok(json!({}))
-    }
-
-    fn update_sheet_properties(&mut self, body: &Value) -> Result<Value> {
-        let fields: Vec<String> = body["fields"]
-            .as_str()
-            .unwrap_or("*")
-            .split(',')
-            .map(|f| f.trim().to_string())
-            .collect();
-        let p = body["properties"].clone();
-        let taken: Vec<String> = self.sheets.iter().map(|s| s.title.clone()).collect();
-        let sheet = self.sheet_by_id(&p, "sheetId")?;
-        for f in &fields {
-            match f.as_str() {
-                "title" => {
-                    let t = p["title"].as_str().unwrap_or_default().to_string();
-                    if t != sheet.title && taken.contains(&t) {
-                        return Err(GoogleError::invalid(format!(
-                            "A sheet with the name \"{t}\" already exists."
-                        )));
-                    }
-                    sheet.title = t;
-                }
-                "gridProperties.rowCount" => {
-                    sheet.rows = p["gridProperties"]["rowCount"].as_u64().unwrap_or(0) as u32
-                }
-                "gridProperties.columnCount" => {
-                    sheet.cols = p["gridProperties"]["columnCount"].as_u64().unwrap_or(0) as u32
-                }
-                "*" | "gridProperties" => {
-                    if let Some(r) = p["gridProperties"]["rowCount"].as_u64() {
-                        sheet.rows = r as u32;
-                    }
-                    if let Some(c) = p["gridProperties"]["columnCount"].as_u64() {
-                        sheet.cols = c as u32;
-                    }
-                    if let Some(t) = p["title"].as_str() {
-                        sheet.title = t.to_string();
-                    }
-                }
-                other => return Err(GoogleError::invalid(format!("Invalid field mask: {other}"))),
-            }
-        }
-        let (rows, cols) = (sheet.rows, sheet.cols);
-        sheet.cells.retain(|(r, c), _| *r < rows && *c < cols);
-        Ok(json!({}))
-    }
-
-    fn delete_sheet(&mut self, body: &Value) -> Result<Value> {
-        let id = body["sheetId"].as_i64().unwrap_or(-1);
-        if self.sheets.len() == 1 {
-            return Err(GoogleError::invalid(
-                "Invalid requests[0].deleteSheet: You can't remove all the sheets in a document.",
-            ));
-        }
-        let before = self.sheets.len();
-        self.sheets.retain(|s| s.sheet_id != id);
-        if self.sheets.len() == before {
-            return Err(GoogleError::invalid(format!("No grid with id: {id}")));
-        }
-        Ok(json!({}))
-    }
 }
 
 /// USER_ENTERED parsing: numbers, booleans and formulas out of text.
@@ -596,6 +568,13 @@ fn interpret(s: &str) -> Cell {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn who() -> Principal {
+        Principal {
+            email: "a@p.iam.gserviceaccount.com".into(),
+            project: "p".into(),
+        }
+    }
 
     fn sheet() -> Spreadsheet {
         Spreadsheet::new("s1".into(), "T".into(), &[("Responses".into(), 3, 3)], None)
@@ -623,13 +602,14 @@ mod tests {
                 "ROWS",
                 &[json!(["id", "=SUM(A1)", 12]), json!([null, "x"])],
                 false,
+                &who(),
             )
             .unwrap();
         assert_eq!(r["updatedRange"], "Responses!A1:C2");
         assert_eq!(r["updatedCells"], 4, "the null cell is skipped");
         let v = s.get_values("Responses", Render::Formatted).unwrap();
         assert_eq!(v["values"], json!([["id", "=SUM(A1)", "12"], ["", "x"]]));
-        s.update_values("Responses!B2", "ROWS", &[json!([""])], false)
+        s.update_values("Responses!B2", "ROWS", &[json!([""])], false, &who())
             .unwrap();
         assert_eq!(
             s.get_values("Responses!A2:C2", Render::Formatted)
@@ -637,7 +617,7 @@ mod tests {
                 .get("values"),
             None
         );
-        s.update_values("Responses!C3", "ROWS", &[json!(["=1+1"])], true)
+        s.update_values("Responses!C3", "ROWS", &[json!(["=1+1"])], true, &who())
             .unwrap();
         assert_eq!(
             s.get_values("Responses!C3", Render::Formula).unwrap()["values"],
@@ -649,7 +629,7 @@ mod tests {
     fn limits() {
         let mut s = sheet();
         let e = s
-            .update_values("Responses!A4", "ROWS", &[json!(["x"])], false)
+            .update_values("Responses!A4", "ROWS", &[json!(["x"])], false, &who())
             .unwrap_err();
         assert!(
             e.message
@@ -658,7 +638,13 @@ mod tests {
             e.message
         );
         let e = s
-            .update_values("Responses!A1:B1", "ROWS", &[json!(["a", "b", "c"])], false)
+            .update_values(
+                "Responses!A1:B1",
+                "ROWS",
+                &[json!(["a", "b", "c"])],
+                false,
+                &who(),
+            )
             .unwrap_err();
         assert!(
             e.message.contains("tried writing to column [C]"),
@@ -666,21 +652,21 @@ mod tests {
             e.message
         );
         let e = s
-            .update_values("Nope!A1", "ROWS", &[json!(["x"])], false)
+            .update_values("Nope!A1", "ROWS", &[json!(["x"])], false, &who())
             .unwrap_err();
         assert!(e.message.contains("Unable to parse range"));
         let big = "x".repeat(CELL_CHARS + 1);
         assert!(
-            s.update_values("Responses!A1", "ROWS", &[json!([big])], false)
+            s.update_values("Responses!A1", "ROWS", &[json!([big])], false, &who())
                 .is_err()
         );
         // Growing past 10M cells is refused and nothing changes.
         let e = s
-            .batch_update(&[json!({"appendDimension": {"sheetId": 0, "dimension": "ROWS", "length": 5}}), json!({"appendDimension": {"sheetId": 0, "dimension": "ROWS", "length": 4_000_000}})])
+            .batch_update(&[json!({"appendDimension": {"sheetId": 0, "dimension": "ROWS", "length": 5}}), json!({"appendDimension": {"sheetId": 0, "dimension": "ROWS", "length": 4_000_000}})], &who())
             .unwrap_err();
         assert!(e.message.contains("above the limit of 10000000 cells"));
         assert_eq!(s.sheets[0].rows, 3);
-        let replies = s.batch_update(&[json!({"addSheet": {"properties": {"title": "Two", "gridProperties": {"rowCount": 10, "columnCount": 2}}}})]).unwrap();
+        let replies = s.batch_update(&[json!({"addSheet": {"properties": {"title": "Two", "gridProperties": {"rowCount": 10, "columnCount": 2}}}})], &who()).unwrap();
         assert_eq!(replies[0]["addSheet"]["properties"]["title"], "Two");
         assert_eq!(s.cells(), 9 + 20);
     }

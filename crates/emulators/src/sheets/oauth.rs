@@ -20,6 +20,9 @@ pub const SHEETS_SCOPES: [&str; 2] = [
     "https://www.googleapis.com/auth/drive",
 ];
 
+/// Google's canonical OAuth2 token endpoint, the audience of service-account JWTs.
+pub const GOOGLE_TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
+
 /// Lifetime of access tokens.
 pub const TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 
@@ -371,7 +374,8 @@ impl OAuth {
         }
     }
 
-    /// Checks a service account's JWT (RS256, signed with its key; `aud` the token URI; at
+    /// Checks a service account's JWT (RS256, signed with its key; `aud` the token URI or
+    /// Google's canonical one; at
     /// most an hour long; a Sheets scope).
     fn verify_jwt(&self, jwt: &str, token_uri: &str) -> Result<Principal, OAuthError> {
         let bad = |d: &str| OAuthError::grant(d.to_string());
@@ -402,7 +406,10 @@ impl OAuth {
         UnparsedPublicKey::new(&signature::RSA_PKCS1_2048_8192_SHA256, &account.public_key)
             .verify(format!("{h}.{c}").as_bytes(), &decode(s)?)
             .map_err(|_| bad("Invalid JWT Signature."))?;
-        if claims["aud"].as_str() != Some(token_uri) {
+        // Google takes its canonical token endpoint as the audience whatever URL the
+        // assertion is posted to (google-auth always signs for it), and the key's token_uri.
+        let aud = claims["aud"].as_str();
+        if aud != Some(token_uri) && aud != Some(GOOGLE_TOKEN_URI) {
             return Err(bad("Invalid JWT: audience is not the token endpoint"));
         }
         let (iat, exp, now) = (
