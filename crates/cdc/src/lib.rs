@@ -62,6 +62,23 @@ pub enum CdcError {
     /// The configuration cannot work.
     #[error("configuration: {0}")]
     Config(String),
+    /// The slot was invalidated or dropped and the reader is told to stop
+    /// (`--on-slot-lost=stop`).
+    #[error("replication slot lost: {0}; stopping as configured (--on-slot-lost=stop)")]
+    SlotLost(String),
+}
+
+/// What the reader does when it finds its slot invalidated (`wal_status = 'lost'`, after
+/// `max_slot_wal_keep_size`) or dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnSlotLost {
+    /// Drop what is left of it, create a new slot and read a fresh consistent snapshot:
+    /// every response is emitted again as a SNAPSHOT event; sinks keep the newest revision
+    /// and the SMS ledger sends nothing twice.
+    #[default]
+    Resnapshot,
+    /// Report it and stop the reader, for an operator to decide.
+    Stop,
 }
 
 impl From<rdkafka::error::KafkaError> for CdcError {
@@ -89,6 +106,8 @@ pub struct Config {
     pub status_interval: Duration,
     /// Rows per snapshot chunk.
     pub snapshot_chunk: i64,
+    /// What to do when the slot is found lost.
+    pub on_slot_lost: OnSlotLost,
 }
 
 impl Config {
@@ -306,6 +325,62 @@ pub async fn ensure_partitions(
     Ok(fixed)
 }
 
+/// Says whether the slot this reader streamed from was invalidated (`wal_status = 'lost'`:
+/// its WAL passed `max_slot_wal_keep_size` while the reader was behind) or dropped, and acts
+/// on it: status, metric and log with the reason, then `on_slot_lost`. After a resnapshot
+/// the session goes on as for a new slot.
+async fn recover_lost_slot(
+    db: &tokio_postgres::Client,
+    cfg: &Config,
+    metrics: &Metrics,
+) -> Result<(), CdcError> {
+    let status: Option<Option<String>> = db
+        .query_opt(
+            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1",
+            &[&cfg.slot],
+        )
+        .await?
+        .map(|r| r.get(0));
+    let streamed_before = db
+        .query_opt(
+            "SELECT 1 FROM cdc_snapshots WHERE slot_name = $1 AND completed_at IS NOT NULL",
+            &[&cfg.slot],
+        )
+        .await?
+        .is_some();
+    let reason = match &status {
+        Some(Some(s)) if s == "lost" => format!(
+            "slot {} was invalidated: the WAL it needed passed max_slot_wal_keep_size while the reader was behind (wal_status = 'lost')",
+            cfg.slot
+        ),
+        None if streamed_before => format!(
+            "slot {} was dropped: the slot this reader streamed from no longer exists",
+            cfg.slot
+        ),
+        _ => return Ok(()),
+    };
+    metrics.slot_lost.inc();
+    let action = match cfg.on_slot_lost {
+        OnSlotLost::Resnapshot => "creating a new slot and reading a fresh snapshot",
+        OnSlotLost::Stop => "stopping (--on-slot-lost=stop)",
+    };
+    tracing::error!(slot = cfg.slot, reason, action, "replication slot lost");
+    metrics.set_status(|s| s.slot_lost = Some(format!("{reason}; {action}")));
+    if cfg.on_slot_lost == OnSlotLost::Stop {
+        return Err(CdcError::SlotLost(reason));
+    }
+    if status.is_some() {
+        db.execute("SELECT pg_drop_replication_slot($1)", &[&cfg.slot])
+            .await?;
+    }
+    db.execute(
+        "DELETE FROM cdc_snapshots WHERE slot_name = $1",
+        &[&cfg.slot],
+    )
+    .await?;
+    Ok(())
+}
+
 /// The slot's confirmed position, if the slot exists.
 async fn slot_position(db: &tokio_postgres::Client, slot: &str) -> Result<Option<Lsn>, CdcError> {
     let row = db
@@ -343,6 +418,7 @@ async fn session(
         ConnectParams::from_url(&cfg.database_url, "collect-cdc").map_err(CdcError::Config)?;
     let mut repl = ReplicationClient::connect(&params).await?;
     let system = repl.identify_system().await?;
+    recover_lost_slot(&db, cfg, metrics).await?;
     tracing::info!(system_id = system.system_id, timeline = system.timeline, xlogpos = %system.xlogpos, "connected for replication");
 
     let start = match slot_position(&db, &cfg.slot).await? {
@@ -552,6 +628,7 @@ pub async fn run(
         match result {
             Ok(End::Shutdown) => return Ok(()),
             Ok(End::LeaseLost) => backoff = Duration::from_secs(1),
+            Err(e @ CdcError::SlotLost(_)) => return Err(e),
             Err(e) => {
                 metrics.session_errors.inc();
                 tracing::error!(error = %e, retry_in = ?backoff, "session failed; resuming from the slot");

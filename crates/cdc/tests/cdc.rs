@@ -726,3 +726,48 @@ async fn a_truncate_of_one_partition_is_reported_and_never_silent() {
     );
     reader.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_an_idle_database_heartbeats_keep_restart_lsn_moving() {
+    let s = Stack::new().await;
+    s.form("idle").await;
+    let reader = s.start_reader(s.config());
+    reader.streaming().await;
+    let restart = || async {
+        s.sql
+            .query_one(
+                "SELECT (restart_lsn - '0/0')::bigint FROM pg_replication_slots WHERE slot_name = $1",
+                &[&s.name],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let first = restart().await;
+    // Nothing is written to this database from now on: only the reader's heartbeats (every
+    // second here) make WAL the slot may pass. Postgres moves restart_lsn when the walsender
+    // decodes a running-transactions record (logged every 15 s while WAL is written).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while restart().await <= first {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "restart_lsn stayed at {first}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // The retained WAL is measured from restart_lsn, and stays small.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while reader.metrics.slot_retained_wal_bytes.get() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "retained WAL never measured"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        reader.metrics.slot_retained_wal_bytes.get() < 64 * 1024 * 1024,
+        "{}",
+        reader.metrics.slot_retained_wal_bytes.get()
+    );
+    reader.stop().await;
+}

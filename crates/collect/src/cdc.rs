@@ -59,6 +59,11 @@ pub struct CdcArgs {
     /// Extra librdkafka setting, KEY=VALUE (repeatable), e.g. security.protocol=SASL_SSL.
     #[arg(long = "kafka-option", value_parser = parse_key_value)]
     kafka_options: Vec<(String, String)>,
+    /// When the slot is found invalidated (wal_status = 'lost') or dropped: `resnapshot`
+    /// (a new slot and a fresh consistent snapshot; sinks keep the newest revision) or
+    /// `stop` (report it and exit).
+    #[arg(long, env = "COLLECT_CDC_ON_SLOT_LOST", default_value = "resnapshot", value_parser = ["resnapshot", "stop"])]
+    on_slot_lost: String,
     /// Address of /metrics, /status, /healthz and /readyz.
     #[arg(
         long,
@@ -91,6 +96,11 @@ pub async fn run(a: CdcArgs) -> Result<()> {
         heartbeat: (a.heartbeat_secs > 0).then(|| Duration::from_secs(a.heartbeat_secs)),
         status_interval: Duration::from_millis(a.status_interval_ms.max(10)),
         snapshot_chunk: a.snapshot_chunk,
+        on_slot_lost: if a.on_slot_lost == "stop" {
+            collect_cdc::OnSlotLost::Stop
+        } else {
+            collect_cdc::OnSlotLost::Resnapshot
+        },
     };
     cfg.validate()?;
     let metrics = collect_cdc::metrics::Metrics::new(&cfg.slot);

@@ -156,6 +156,7 @@ impl Stack {
             heartbeat: Some(Duration::from_secs(1)),
             status_interval: Duration::from_millis(200),
             snapshot_chunk: 7,
+            on_slot_lost: collect_cdc::OnSlotLost::Resnapshot,
         }
     }
 
