@@ -1,6 +1,8 @@
 //! A Postgres replication connection (`replication=database`) on the postgres-protocol codecs:
-//! startup and authentication (trust, cleartext, MD5, SCRAM-SHA-256), the simple query
-//! protocol for replication commands, and the CopyBoth stream of `START_REPLICATION`.
+//! TLS as the URL's `sslmode` says (SSLRequest, then rustls: the same modes as every other
+//! connection, see `collect_store::pg`), startup and authentication (trust, cleartext, MD5,
+//! SCRAM-SHA-256), the simple query protocol for replication commands, and the CopyBoth
+//! stream of `START_REPLICATION`.
 //!
 //! tokio-postgres cannot do this: it rejects `replication=database` and has no CopyBoth.
 
@@ -57,9 +59,15 @@ impl ReplError {
 
 type Result<T, E = ReplError> = std::result::Result<T, E>;
 
+/// What the connection reads and writes: a TCP stream, or TLS over one.
+trait Wire: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Wire for T {}
+
 /// Where and as whom to connect, from a libpq-style URL (tokio-postgres parses it).
 #[derive(Clone)]
 pub struct ConnectParams {
+    ssl_mode: collect_store::pg::SslMode,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     host: String,
     port: u16,
     user: String,
@@ -84,9 +92,9 @@ impl std::fmt::Debug for ConnectParams {
 impl ConnectParams {
     /// Reads host, port, user, password and database from a Postgres URL.
     pub fn from_url(url: &str, application_name: &str) -> Result<Self, String> {
-        let cfg: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| format!("invalid database URL: {e}"))?;
+        let target = collect_store::pg::target(url)?;
+        let tls = target.rustls()?;
+        let cfg = target.config;
         let host = match cfg.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
             Some(_) => {
@@ -96,17 +104,13 @@ impl ConnectParams {
             }
             None => "localhost".into(),
         };
-        if !matches!(
-            cfg.get_ssl_mode(),
-            tokio_postgres::config::SslMode::Disable | tokio_postgres::config::SslMode::Prefer
-        ) {
-            return Err("sslmode=require is not supported by the replication client yet".into());
-        }
         let user = cfg
             .get_user()
             .map(str::to_string)
             .ok_or("the database URL names no user")?;
         Ok(Self {
+            ssl_mode: target.ssl_mode,
+            tls,
             host,
             port: cfg.get_ports().first().copied().unwrap_or(5432),
             dbname: cfg
@@ -159,9 +163,43 @@ enum Incoming {
 
 /// A connection in replication mode, before `START_REPLICATION`.
 pub struct ReplicationClient {
-    stream: TcpStream,
+    stream: Box<dyn Wire>,
     buf: BytesMut,
     out: BytesMut,
+}
+
+/// TLS as `sslmode` says, negotiated the way libpq does (protocol "SSL Session
+/// Encryption"): an SSLRequest, one byte of answer (`S`: go ahead; `N`: no TLS), then the
+/// handshake on the same socket.
+async fn secure(mut tcp: TcpStream, p: &ConnectParams) -> Result<Box<dyn Wire>> {
+    use collect_store::pg::SslMode;
+    let Some(config) = p.tls.clone().filter(|_| p.ssl_mode != SslMode::Disable) else {
+        return Ok(Box::new(tcp));
+    };
+    let mut request = BytesMut::new();
+    frontend::ssl_request(&mut request);
+    tcp.write_all(&request).await?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await?;
+    match answer[0] {
+        b'S' => {
+            let name = rustls::pki_types::ServerName::try_from(p.host.clone())
+                .map_err(|e| ReplError::Protocol(format!("host name {}: {e}", p.host)))?;
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| ReplError::Auth(format!("TLS with {}: {e}", p.host)))?;
+            Ok(Box::new(tls))
+        }
+        b'N' if p.ssl_mode == SslMode::Prefer => Ok(Box::new(tcp)),
+        b'N' => Err(ReplError::Auth(format!(
+            "the server at {} does not offer TLS, and sslmode asks for it",
+            p.host
+        ))),
+        other => Err(ReplError::Protocol(format!(
+            "unexpected answer {other:#x} to the SSL request"
+        ))),
+    }
 }
 
 fn server_error(body: &ErrorResponseBody) -> ReplError {
@@ -187,6 +225,9 @@ impl ReplicationClient {
             .await
             .map_err(|_| ReplError::Timeout(params.connect_timeout))??;
         stream.set_nodelay(true)?;
+        let stream = tokio::time::timeout(params.connect_timeout, secure(stream, params))
+            .await
+            .map_err(|_| ReplError::Timeout(params.connect_timeout))??;
         let mut client = Self {
             stream,
             buf: BytesMut::with_capacity(64 * 1024),

@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tokio_postgres::NoTls;
 
 use crate::CdcError;
 
@@ -45,15 +44,8 @@ pub async fn acquire(
     on_standby: impl Fn(),
 ) -> Result<Option<Lease>, CdcError> {
     let key = lock_key(slot);
-    let cfg = collect_store::pg::lease_config(url).map_err(CdcError::Config)?;
-    let (client, conn) = cfg.connect(NoTls).await?;
-    let (tx, rx) = watch::channel(false);
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::warn!(error = %e, "leader session ended");
-        }
-        let _ = tx.send(true);
-    });
+    let target = collect_store::pg::lease_target(url).map_err(CdcError::Config)?;
+    let (client, rx) = target.connect_watched().await?;
     let mut announced = false;
     loop {
         let got: bool = client

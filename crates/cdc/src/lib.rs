@@ -26,7 +26,6 @@ use std::time::Duration;
 
 use collect_pgoutput::Lsn;
 use tokio::sync::watch;
-use tokio_postgres::NoTls;
 
 use crate::assemble::{ChangeKind, Event, Position};
 use crate::client::{ConnectParams, ReplError, ReplicationClient, quote_ident};
@@ -235,14 +234,8 @@ fn row_identity(row: &serde_json::Value) -> serde_json::Value {
 }
 
 async fn connect(url: &str) -> Result<tokio_postgres::Client, CdcError> {
-    let cfg = collect_store::pg::config(url).map_err(CdcError::Config)?;
-    let (client, conn) = cfg.connect(NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "connection ended");
-        }
-    });
-    Ok(client)
+    let target = collect_store::pg::target(url).map_err(CdcError::Config)?;
+    Ok(target.connect().await?)
 }
 
 /// Creates the publication if missing: forms, questions and responses, partitions published

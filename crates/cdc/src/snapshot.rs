@@ -14,7 +14,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use collect_pgoutput::{Column, Lsn, RelationBody, ReplicaIdentity, TupleData, TupleValue};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
-use tokio_postgres::NoTls;
 
 use crate::assemble::{ChangeKind, Position, assemble};
 use crate::kafka::{Ack, Output, SendRefused};
@@ -147,14 +146,8 @@ pub struct Snapshot<'a> {
 }
 
 async fn connect(url: &str) -> Result<tokio_postgres::Client, CdcError> {
-    let cfg = collect_store::pg::config(url).map_err(CdcError::Config)?;
-    let (client, conn) = cfg.connect(NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::warn!(error = %e, "snapshot connection ended");
-        }
-    });
-    Ok(client)
+    let target = collect_store::pg::target(url).map_err(CdcError::Config)?;
+    Ok(target.connect().await?)
 }
 
 impl Snapshot<'_> {

@@ -78,9 +78,17 @@ fn bad_connection_settings_are_refused_before_connecting() {
             .contains("invalid database URL")
     );
     assert!(
-        ConnectParams::from_url("postgres://u@h/db?sslmode=require", "x")
+        ConnectParams::from_url("postgres://u@h/db?sslmode=sometimes", "x")
             .unwrap_err()
             .contains("sslmode")
+    );
+    assert!(
+        ConnectParams::from_url(
+            "postgres://u@h/db?sslmode=verify-full&sslrootcert=/nonexistent.pem",
+            "x"
+        )
+        .unwrap_err()
+        .contains("/nonexistent.pem")
     );
     assert!(
         ConnectParams::from_url("host=/var/run/postgresql user=u", "x")

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_postgres::NoTls;
 use uuid::Uuid;
 
 use crate::crypto::Sealer;
@@ -133,18 +132,12 @@ pub async fn run(c: Connect, mut stop: watch::Receiver<bool>) -> Result<(), Stri
             lease = None;
         }
         if lease.is_none() {
-            let cfg = collect_store::pg::lease_config(&c.database_url);
-            let connected = match cfg {
-                Ok(cfg) => cfg.connect(NoTls).await.map_err(|e| e.to_string()),
+            let connected = match collect_store::pg::lease_target(&c.database_url) {
+                Ok(t) => t.connect_watched().await.map_err(|e| e.to_string()),
                 Err(e) => Err(e),
             };
             match connected {
-                Ok((client, conn)) => {
-                    let (tx, rx) = watch::channel(false);
-                    tokio::spawn(async move {
-                        let _ = conn.await;
-                        let _ = tx.send(true);
-                    });
+                Ok((client, rx)) => {
                     lease = Some((client, rx));
                 }
                 Err(e) => tracing::error!(error = %e, "cannot open the lease session"),

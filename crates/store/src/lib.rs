@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use collect_model::FieldError;
 use deadpool_postgres::{ManagerConfig, Pool, PoolConfig, RecyclingMethod, Runtime, Timeouts};
-use tokio_postgres::NoTls;
 
 pub use forms::{Form, FormSummary};
 pub use orgs::NewOrg;
@@ -85,10 +84,11 @@ impl Default for PoolSettings {
 
 /// Opens a pool of connections to `database_url` (a libpq-style URL or key=value string).
 pub fn connect_pool(database_url: &str, settings: &PoolSettings) -> Result<Pool, String> {
-    let pg = pg::config(database_url)?;
+    let target = pg::target(database_url)?;
+    target.rustls()?;
     let manager = deadpool_postgres::Manager::from_config(
-        pg,
-        NoTls,
+        target.config.clone(),
+        target.make_tls(),
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },

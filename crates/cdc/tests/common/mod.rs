@@ -22,6 +22,8 @@ use tokio::sync::watch;
 
 pub struct Stack {
     pub db: collect_testkit::TestDb,
+    /// The URL the parts connect with.
+    pub url: String,
     pub sql: tokio_postgres::Client,
     pub brokers: String,
     pub registry: String,
@@ -95,10 +97,17 @@ pub fn init_logs() {
 
 impl Stack {
     pub async fn new() -> Stack {
-        init_logs();
         let db = collect_testkit::fresh_db().await.unwrap();
+        let url = db.url.clone();
+        Self::on(db, url).await
+    }
+
+    /// A stack over `db`, whose parts (registry, API, reader) connect with `url` (the same
+    /// database, with TLS settings say); the test's own SQL connection is plain.
+    pub async fn on(db: collect_testkit::TestDb, url: String) -> Stack {
+        init_logs();
         let broker = collect_testkit::shared_broker().await.unwrap();
-        let pool = || connect_pool(&db.url, &PoolSettings::default()).unwrap();
+        let pool = || connect_pool(&url, &PoolSettings::default()).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let registry = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(collect_registry::serve(
@@ -119,6 +128,7 @@ impl Stack {
         let name = db.name.clone();
         Stack {
             db,
+            url,
             sql,
             brokers: broker.bootstrap(),
             registry,
@@ -136,7 +146,7 @@ impl Stack {
 
     pub fn config(&self) -> collect_cdc::Config {
         collect_cdc::Config {
-            database_url: self.db.url.clone(),
+            database_url: self.url.clone(),
             registry_url: self.registry.clone(),
             slot: self.name.clone(),
             publication: "collect".into(),
