@@ -29,6 +29,12 @@ pub struct DeadLetter<'a> {
     pub form: Option<&'a str>,
 }
 
+/// Largest dead-letter record, in bytes: the producer's `message.max.bytes` and the topic's
+/// `max.message.bytes`, under every default of Apache Kafka and librdkafka.
+pub const MAX_RECORD_BYTES: usize = 1_000_000;
+/// Longest reason kept in a dead letter's header, in characters.
+const MAX_REASON_CHARS: usize = 1_000;
+
 /// Creates the dead-letter topic if it does not exist (30 days of retention).
 pub async fn ensure_topic(
     brokers: &str,
@@ -44,7 +50,10 @@ pub async fn ensure_topic(
         c.set(k, v);
     }
     let admin: AdminClient<DefaultClientContext> = c.create().map_err(|e| e.to_string())?;
-    let t = NewTopic::new(topic, 6, TopicReplication::Fixed(-1)).set("retention.ms", "2592000000");
+    let max = MAX_RECORD_BYTES.to_string();
+    let t = NewTopic::new(topic, 6, TopicReplication::Fixed(-1))
+        .set("retention.ms", "2592000000")
+        .set("max.message.bytes", &max);
     for r in admin
         .create_topics([&t], &AdminOptions::new())
         .await
@@ -56,6 +65,21 @@ pub async fn ensure_topic(
         }
     }
     Ok(())
+}
+
+/// The value a dead letter carries: the original record's, or, when it would not fit in a
+/// record with its key and headers, a small JSON saying it was left out and how large it was.
+fn bounded(value: &[u8], key_len: usize) -> std::borrow::Cow<'_, [u8]> {
+    let budget = MAX_RECORD_BYTES - 8 * 1024;
+    if value.len() + key_len > budget {
+        std::borrow::Cow::Owned(
+            serde_json::json!({"value_omitted": true, "bytes": value.len()})
+                .to_string()
+                .into_bytes(),
+        )
+    } else {
+        std::borrow::Cow::Borrowed(value)
+    }
 }
 
 /// Producer of dead letters (idempotent, acks=all), shared by the workers of a process.
@@ -76,7 +100,8 @@ impl DeadLetters {
         c.set("bootstrap.servers", brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("linger.ms", "5");
+            .set("linger.ms", "5")
+            .set("message.max.bytes", MAX_RECORD_BYTES.to_string());
         for (k, v) in extra {
             c.set(k, v);
         }
@@ -96,6 +121,17 @@ impl DeadLetters {
     pub async fn send(&self, d: DeadLetter<'_>) -> Result<(), String> {
         let partition = d.partition.to_string();
         let offset = d.offset.to_string();
+        // Bounded: a reason is cut, and a record that would not fit with its headers keeps
+        // its identity (key, source position, form) and its size, never stalling the worker.
+        let reason: String = if d.reason.chars().count() > MAX_REASON_CHARS {
+            let mut r: String = d.reason.chars().take(MAX_REASON_CHARS).collect();
+            r.push('…');
+            r
+        } else {
+            d.reason.to_string()
+        };
+        let value = bounded(d.value, d.key.map_or(0, <[u8]>::len));
+        let value: &[u8] = &value;
         let mut headers = OwnedHeaders::new();
         if let Some(form) = d.form {
             headers = headers.insert(Header {
@@ -114,7 +150,7 @@ impl DeadLetters {
             })
             .insert(Header {
                 key: "collect.reason",
-                value: Some(d.reason),
+                value: Some(reason.as_str()),
             })
             .insert(Header {
                 key: "collect.source.topic",
@@ -129,9 +165,9 @@ impl DeadLetters {
                 value: Some(&offset),
             });
         let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic)
-            .payload(d.value)
+            .payload(value)
             .headers(headers);
-        if let Some(k) = d.key {
+        if let Some(k) = d.key.filter(|k| k.len() <= 4096) {
             record = record.key(k);
         }
         self.producer
@@ -139,5 +175,21 @@ impl DeadLetters {
             .await
             .map(|_| ())
             .map_err(|(e, _)| format!("dead letter not delivered: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_letter_never_outgrows_a_record() {
+        let small = vec![1u8; 1000];
+        assert_eq!(bounded(&small, 10).as_ref(), small.as_slice());
+        let big = vec![1u8; MAX_RECORD_BYTES];
+        let out = bounded(&big, 10);
+        assert!(out.len() < 100);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap_or_default();
+        assert_eq!(v["bytes"], MAX_RECORD_BYTES);
     }
 }
