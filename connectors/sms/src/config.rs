@@ -17,6 +17,9 @@ fn default_per_account() -> u32 {
 fn default_reconcile_after() -> u64 {
     60
 }
+fn default_max_segments() -> usize {
+    10
+}
 
 /// Who gets the message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +96,10 @@ pub struct Config {
     /// An ambiguous send the provider does not know of after `reconcile_after_secs`.
     #[serde(default)]
     pub unresolved: Unresolved,
+    /// Most segments a message takes (1 to 10; Twilio recommends at most 10): longer
+    /// messages are cut in the encoding they are sent in, with a cut marker.
+    #[serde(default = "default_max_segments")]
+    pub max_segments: usize,
 }
 
 fn default_provider() -> String {

@@ -25,6 +25,9 @@ pub struct Entry {
     pub claimed_at: DateTime<Utc>,
 }
 
+/// Statuses that end a message's life (Twilio's Message resource): never overwritten.
+const FINAL: &str = "('delivered', 'undelivered', 'failed', 'read', 'canceled')";
+
 fn db(e: impl std::fmt::Display) -> SinkError {
     SinkError::retryable(format!("ledger: {e}"))
 }
@@ -126,7 +129,37 @@ impl Ledger {
         )
         .await
         .map_err(db)?;
+        if let Some(sid) = sid {
+            // A report that came before the SID was known is applied now (a final one wins).
+            c.execute(
+                &format!(
+                    "WITH p AS (DELETE FROM sms_delivery_pending WHERE integration_id = $1 \
+                     AND provider_sid = $2 RETURNING status, received_at) \
+                     UPDATE sms_ledger l SET delivery_status = p.status, delivery_at = p.received_at \
+                     FROM p WHERE l.form_id = $3 AND l.purpose = $4 AND l.provider_sid = $2 \
+                     AND (l.delivery_status IS NULL OR l.delivery_status NOT IN {FINAL})"
+                ),
+                &[&self.integration, &sid, &self.form, &self.purpose],
+            )
+            .await
+            .map_err(db)?;
+        }
         Ok(())
+    }
+
+    /// Counts one more search of the provider's list for an unresolved send; returns how
+    /// many there were.
+    pub async fn looked(&self, response: Uuid) -> Result<i32, SinkError> {
+        let c = self.pool.get().await.map_err(db)?;
+        let row = c
+            .query_opt(
+                "UPDATE sms_ledger SET lookups = lookups + 1 \
+                 WHERE form_id = $1 AND purpose = $2 AND response_id = $3 RETURNING lookups",
+                &[&self.form, &self.purpose, &response],
+            )
+            .await
+            .map_err(db)?;
+        Ok(row.map_or(0, |r| r.get(0)))
     }
 
     /// Claims an entry again for a new attempt (after the provider's list showed the last
@@ -135,7 +168,7 @@ impl Ledger {
         let c = self.pool.get().await.map_err(db)?;
         c.execute(
             "UPDATE sms_ledger SET state = 'claimed', attempts = attempts + 1, claimed_at = now(), \
-             updated_at = now() WHERE form_id = $1 AND purpose = $2 AND response_id = $3",
+             lookups = 0, updated_at = now() WHERE form_id = $1 AND purpose = $2 AND response_id = $3",
             &[&self.form, &self.purpose, &response],
         )
         .await
@@ -170,27 +203,47 @@ impl Ledger {
     }
 
     /// Records a delivery report for the message `sid`; a final status is not overwritten
-    /// by a late report of an earlier one. Returns whether a message of this integration
-    /// has that id.
+    /// by a late report of an earlier one. A report for a SID the ledger does not know yet
+    /// (the provider's answer to the send still in flight, or lost: the send is reconciled
+    /// later) is kept and applied when the SID is recorded. Returns whether the ledger
+    /// already knew the SID.
     pub async fn delivery(&self, sid: &str, status: &str) -> Result<bool, String> {
         let c = self.pool.get().await.map_err(|e| e.to_string())?;
-        let known = c
-            .query_opt(
-                "SELECT 1 FROM sms_ledger WHERE integration_id = $1 AND provider_sid = $2",
-                &[&self.integration, &sid],
+        let n = c
+            .execute(
+                &format!(
+                    "UPDATE sms_ledger SET delivery_status = CASE \
+                     WHEN delivery_status IS NULL OR delivery_status NOT IN {FINAL} THEN $3 \
+                     ELSE delivery_status END, \
+                     delivery_at = CASE WHEN delivery_status IS NULL OR delivery_status NOT IN {FINAL} \
+                     THEN now() ELSE delivery_at END \
+                     WHERE integration_id = $1 AND provider_sid = $2"
+                ),
+                &[&self.integration, &sid, &status],
             )
             .await
-            .map_err(|e| e.to_string())?
-            .is_some();
+            .map_err(|e| e.to_string())?;
+        if n > 0 {
+            return Ok(true);
+        }
         c.execute(
-            "UPDATE sms_ledger SET delivery_status = $3, delivery_at = now() \
-             WHERE integration_id = $1 AND provider_sid = $2 \
-             AND (delivery_status IS NULL OR delivery_status NOT IN ('delivered', 'undelivered', 'failed', 'read'))",
+            "DELETE FROM sms_delivery_pending WHERE received_at < now() - interval '7 days'",
+            &[],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        c.execute(
+            &format!(
+                "INSERT INTO sms_delivery_pending (integration_id, provider_sid, status) \
+                 VALUES ($1, $2, $3) ON CONFLICT (integration_id, provider_sid) DO UPDATE \
+                 SET status = CASE WHEN sms_delivery_pending.status IN {FINAL} \
+                 THEN sms_delivery_pending.status ELSE EXCLUDED.status END, received_at = now()"
+            ),
             &[&self.integration, &sid, &status],
         )
         .await
         .map_err(|e| e.to_string())?;
-        Ok(known)
+        Ok(false)
     }
 
     /// Provider ids of messages already accounted for to `to`, by any integration (so that

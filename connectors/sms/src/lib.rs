@@ -9,6 +9,7 @@
 //! - `sink.rs`: the [`collect_connect::Sink`].
 
 pub mod config;
+pub mod encoding;
 pub mod ledger;
 pub mod provider;
 pub mod sink;
@@ -85,6 +86,13 @@ fn check(config: &Config) -> Result<(), KindError> {
     }
     if config.rates.per_sender_per_second == 0 || config.rates.account_per_second == 0 {
         return Err(field("config.rates", "invalid", "rates must be positive"));
+    }
+    if !(1..=10).contains(&config.max_segments) {
+        return Err(field(
+            "config.max_segments",
+            "invalid",
+            "max_segments must be 1 to 10",
+        ));
     }
     if config.reconcile_after_secs > 86_400 {
         return Err(field(

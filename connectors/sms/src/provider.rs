@@ -50,8 +50,10 @@ pub trait Provider: Send + Sync + 'static {
     fn send(&self, m: &Outgoing) -> impl Future<Output = SendOutcome> + Send;
 
     /// The provider's id of a message like `m` (same recipient, sender and text) created at
-    /// or after `since` and not among `exclude` (messages already accounted for), if the
-    /// provider has one. `Err` when the list cannot be read.
+    /// or after `since` (our clock: the provider converts it to its own, from the `Date` of
+    /// its answer, so a clock skew between us changes nothing) and not among `exclude`
+    /// (messages already accounted for), if the provider has one. `Err` when the list cannot
+    /// be read.
     fn find(
         &self,
         m: &Outgoing,
@@ -68,8 +70,8 @@ pub struct Twilio {
     token: String,
 }
 
-/// Most pages of the message list read when reconciling one send.
-const MAX_PAGES: usize = 20;
+/// Most pages of the message list read when reconciling one send (of 1,000 messages each).
+const MAX_PAGES: usize = 50;
 
 impl Twilio {
     /// A client of the API at `base` (`https://api.twilio.com`).
@@ -181,13 +183,15 @@ impl Provider for Twilio {
         // Newest first, by recipient and sender (not by DateSent: a queued message has no
         // date_sent yet); the text and creation time pick the message out.
         let mut url = format!(
-            "{}?To={}&From={}&PageSize=100",
+            "{}?To={}&From={}&PageSize=1000",
             self.messages_url(),
             enc(&m.to),
             enc(&m.from),
         );
-        for _ in 0..MAX_PAGES {
+        let mut since = since;
+        for page_no in 0..MAX_PAGES {
             let mut older = false;
+            let asked = Utc::now();
             let resp = self
                 .http
                 .get(&url)
@@ -195,6 +199,21 @@ impl Provider for Twilio {
                 .send()
                 .await
                 .map_err(|e| format!("listing messages: {e}"))?;
+            if page_no == 0 {
+                // The provider's clock decides: `since` moves by how far its clock is from
+                // ours (its Date header against our clock halfway through the call).
+                let answered = Utc::now();
+                let theirs = resp
+                    .headers()
+                    .get(reqwest::header::DATE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|d| DateTime::parse_from_rfc2822(d).ok())
+                    .map(|d| d.with_timezone(&Utc));
+                if let Some(theirs) = theirs {
+                    let ours = asked + (answered - asked) / 2;
+                    since += theirs - ours;
+                }
+            }
             let status = resp.status();
             let page: Value = resp
                 .json()

@@ -13,8 +13,12 @@ use crate::ledger::{Entry, Ledger};
 use crate::provider::{Outgoing, Provider, SendOutcome};
 use crate::template::{Template, answer, answer_text};
 
-/// Clock difference allowed between us and the provider when matching creation times.
-const SKEW: chrono::TimeDelta = chrono::TimeDelta::seconds(120);
+/// Margin before the claim when matching the provider's creation times (the provider's
+/// clock is read from its answers; this covers its one-second resolution and the call).
+const SKEW: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
+/// Searches of the provider's list before an unresolved send is resent, spread over the
+/// reconciliation window.
+const MIN_LOOKUPS: i32 = 3;
 
 /// The SMS sink over a provider.
 pub struct SmsSink<P: Provider> {
@@ -155,7 +159,11 @@ impl<P: Provider> SmsSink<P> {
             status_callback: self.callback_url(ctx),
         };
         let since = e.claimed_at - SKEW;
-        let known = ledger.sids_to(&e.to, since).await?;
+        // Messages any integration accounted for to this recipient, over a wider window
+        // (the provider's clock may be behind ours).
+        let known = ledger
+            .sids_to(&e.to, since - chrono::TimeDelta::hours(24))
+            .await?;
         match self.provider.find(&m, since, &known).await {
             Ok(Some(sid)) => {
                 tracing::info!(integration = %ctx.integration_id, response = %id, sid, "reconciled: the provider has the message");
@@ -170,17 +178,23 @@ impl<P: Provider> SmsSink<P> {
                 )));
             }
         }
+        // Not found this time. Resent only after several looks across the window: a message
+        // the provider accepted may take a moment to show in its list.
+        let looks = ledger.looked(id).await?;
         let waited = Utc::now() - e.claimed_at;
         let wait = chrono::TimeDelta::seconds(
             i64::try_from(self.config.reconcile_after_secs).unwrap_or(i64::MAX),
         );
-        if waited < wait {
-            let left = (wait - waited).to_std().unwrap_or(Duration::from_secs(1));
+        if waited < wait || looks < MIN_LOOKUPS {
+            let left = (wait - waited).to_std().unwrap_or_default();
+            let spread = Duration::from_secs(
+                (self.config.reconcile_after_secs / MIN_LOOKUPS as u64).clamp(1, 60),
+            );
             return Err(SinkError::Retryable {
                 message: format!(
-                    "send of response {id} unresolved; the provider's list is checked again"
+                    "send of response {id} unresolved after {looks} look(s); the provider's list is checked again"
                 ),
-                retry_after: Some(left),
+                retry_after: Some(left.min(spread).max(Duration::from_secs(1))),
             });
         }
         match self.config.unresolved {
@@ -238,7 +252,7 @@ impl<P: Provider> SmsSink<P> {
         let m = Outgoing {
             to,
             from: self.config.from.clone(),
-            body: self.template.render(r),
+            body: self.template.render(r, self.config.max_segments),
             status_callback: self.callback_url(ctx),
         };
         if !ledger.claim(id, &m.to, &m.body).await? {

@@ -2,7 +2,7 @@
 
 use collect_events::{Answer, ResponseEvent};
 
-/// Longest message a provider takes, in characters.
+/// Longest message body Twilio takes, in characters (UTF-16 units; error 21617).
 pub const MAX_CHARS: usize = 1600;
 
 /// One piece of a parsed template.
@@ -56,8 +56,9 @@ impl Template {
     }
 
     /// The message for `r`: unknown or unanswered placeholders become empty; cut to
-    /// [`MAX_CHARS`].
-    pub fn render(&self, r: &ResponseEvent) -> String {
+    /// `max_segments` segments and [`MAX_CHARS`] in the encoding it is sent in
+    /// ([`crate::encoding::cut`]).
+    pub fn render(&self, r: &ResponseEvent, max_segments: usize) -> String {
         let mut out = String::new();
         for p in &self.0 {
             match p {
@@ -65,11 +66,7 @@ impl Template {
                 Piece::Field(name) => out.push_str(&field(r, name)),
             }
         }
-        if out.chars().count() > MAX_CHARS {
-            out = out.chars().take(MAX_CHARS - 1).collect();
-            out.push('…');
-        }
-        out
+        crate::encoding::cut(&out, max_segments, MAX_CHARS)
     }
 }
 
@@ -143,7 +140,7 @@ mod tests {
             commit_ts: 0,
             xid: 0,
         };
-        assert_eq!(t.render(&r), "Thanks Ada! Ref r1 .");
+        assert_eq!(t.render(&r, 10), "Thanks Ada! Ref r1 .");
         assert!(
             Template::parse("Hi {{name")
                 .unwrap_err()
@@ -155,7 +152,8 @@ mod tests {
                 .contains("not a name")
         );
         assert!(Template::parse("  ").is_err());
-        let long = Template::parse(&"x".repeat(2000)).unwrap().render(&r);
-        assert_eq!(long.chars().count(), MAX_CHARS);
+        let long = Template::parse(&"x".repeat(2000)).unwrap().render(&r, 10);
+        assert_eq!(crate::encoding::segments(&long), 10);
+        assert!(long.ends_with("..."));
     }
 }

@@ -447,3 +447,115 @@ async fn configuration_is_validated() {
             .is_err()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciliation_trusts_the_providers_clock_and_looks_more_than_once() {
+    logs();
+    let env = Env::new().await.unwrap();
+    let t = SmsTarget {
+        provider: Provider::start().await,
+    };
+    let i = env
+        .integration(
+            "sms",
+            stored(
+                &t.integration_config(json!({"reconcile_after_secs": 2}))
+                    .await,
+            ),
+        )
+        .await
+        .unwrap();
+    let account = SmsTarget::account_of(&i);
+    // The provider's clock is ten minutes behind ours, and every send is accepted then its
+    // connection dropped: only the provider's list can say the messages exist.
+    t.provider
+        .admin(
+            reqwest::Method::PUT,
+            "faults",
+            json!({"drop_after_accept_rate": 1.0, "clock_offset_secs": -600}),
+        )
+        .await;
+    let ids: Vec<String> = (0..3).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    env.produce(
+        &ids.iter()
+            .map(|id| with_phone(&env, id, "+4791234569"))
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap();
+    let _w = env.start(sink_of(&i), "sms", &i);
+    let c = env.pool.get().await.unwrap();
+    let end = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let sent: i64 = c
+            .query_one(
+                "SELECT count(*) FROM sms_ledger WHERE integration_id = $1 AND state = 'sent'",
+                &[&i.id],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if sent == 3 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < end, "{sent} of 3 reconciled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let counts = per_response(&t.provider.messages(&account).await);
+    assert!(
+        ids.iter().all(|id| counts.get(id) == Some(&1)),
+        "a message was sent twice: {counts:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_report_before_its_sid_is_kept_and_applied() {
+    let db = collect_testkit::fresh_db().await.unwrap();
+    let pool =
+        collect_store::connect_pool(&db.url, &collect_store::PoolSettings::default()).unwrap();
+    let (integration, form, response) = (
+        uuid::Uuid::now_v7(),
+        uuid::Uuid::now_v7(),
+        uuid::Uuid::now_v7(),
+    );
+    let ledger = collect_sms::ledger::Ledger::new(pool.clone(), integration, form, "thanks".into());
+    assert!(ledger.claim(response, "+4791234567", "Hi").await.unwrap());
+    // The provider's callback comes before its answer to the send.
+    assert!(!ledger.delivery("SM1", "sent").await.unwrap());
+    assert!(!ledger.delivery("SM1", "delivered").await.unwrap());
+    assert!(
+        !ledger.delivery("SM1", "sent").await.unwrap(),
+        "late, earlier"
+    );
+    ledger
+        .set(response, "sent", Some("SM1"), None)
+        .await
+        .unwrap();
+    let c = pool.get().await.unwrap();
+    let status: Option<String> = c
+        .query_one(
+            "SELECT delivery_status FROM sms_ledger WHERE provider_sid = 'SM1'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status.as_deref(), Some("delivered"));
+    // Known now: a late earlier status changes nothing.
+    assert!(ledger.delivery("SM1", "sent").await.unwrap());
+    let status: Option<String> = c
+        .query_one(
+            "SELECT delivery_status FROM sms_ledger WHERE provider_sid = 'SM1'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status.as_deref(), Some("delivered"));
+    let pending: i64 = c
+        .query_one("SELECT count(*) FROM sms_delivery_pending", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(pending, 0);
+}

@@ -69,6 +69,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0010_truncate_notice",
         sql: include_str!("../../../migrations/0010_truncate_notice.sql"),
     },
+    Migration {
+        version: 11,
+        name: "0011_sms_early_reports",
+        sql: include_str!("../../../migrations/0011_sms_early_reports.sql"),
+    },
 ];
 
 /// Advisory lock key held while migrating ("collect" in ASCII).
