@@ -16,10 +16,25 @@ use serde_json::{Value, json};
 
 /// The values of `range`, read as a person would (plain `values.get`).
 async fn cells(google: &Google, token: &str, spreadsheet: &str, range: &str) -> Vec<Vec<Value>> {
+    read(google, token, spreadsheet, range, "FORMATTED_VALUE").await
+}
+
+/// The values of `range` as stored (numbers as numbers, text as text).
+async fn stored(google: &Google, token: &str, spreadsheet: &str, range: &str) -> Vec<Vec<Value>> {
+    read(google, token, spreadsheet, range, "UNFORMATTED_VALUE").await
+}
+
+async fn read(
+    google: &Google,
+    token: &str,
+    spreadsheet: &str,
+    range: &str,
+    render: &str,
+) -> Vec<Vec<Value>> {
     let range: String = url::form_urlencoded::byte_serialize(range.as_bytes()).collect();
     let r: Value = reqwest::Client::new()
         .get(format!(
-            "{}/v4/spreadsheets/{spreadsheet}/values/{range}",
+            "{}/v4/spreadsheets/{spreadsheet}/values/{range}?valueRenderOption={render}",
             google.base
         ))
         .bearer_auth(token)
@@ -240,5 +255,73 @@ async fn people_edit_the_sheet_between_the_connectors_writes_and_every_response_
     }
     let m = connect.metrics().await;
     assert_eq!(metric(&m, "collect_connect_dead_letters_total"), 0.0, "{m}");
+    connect.kill9();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_reach_the_sheet_with_their_exact_value() {
+    let e = env(json!({"title": "Values", "questions": [
+        {"label": "Name", "type": "text", "alias": "name", "required": true},
+        {"label": "Amount", "type": "number", "alias": "amount"},
+        {"label": "Phone", "type": "phone", "alias": "phone", "default_region": "GB"}
+    ]}))
+    .await;
+    let broker = collect_testkit::shared_broker().await.unwrap();
+    let brokers = broker.bootstrap();
+    let google = Google::start().await;
+    let gs = google.sheet().await;
+    let cdc = reader(&e, &brokers);
+    cdc.wait("/status", |v| v["state"] == "streaming").await;
+    let connect = connector(&e, &brokers);
+    connect.wait("/readyz", |_| true).await;
+    let r = e
+        .http
+        .post(format!("{}/v1/integrations", connect.url()))
+        .bearer_auth(&e.key)
+        .json(&google.integration(&e, &gs))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    // Raw JSON: the number literals reach the API as written.
+    let mut want = Vec::new();
+    for (amount, phone, cell_amount, cell_phone) in [
+        ("12345678901234567890123", "020 7946 0958", json!("12345678901234567890123"), "+442079460958"),
+        ("0.12345678901234567890", "+44 (0)20 7946 0958", json!("0.12345678901234567890"), "+442079460958"),
+        ("9007199254740993", "+1 650 253 0000", json!("9007199254740993"), "+16502530000"),
+        ("42.5", "07911 123456", json!(42.5), "+447911123456"),
+    ] {
+        let body = format!(r#"{{"answers": {{"name": "n", "amount": {amount}, "phone": "{phone}"}}}}"#);
+        let r: Value = e
+            .http
+            .post(format!("{}/v1/forms/{}/responses", e.api, e.form_id()))
+            .bearer_auth(&e.key)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        want.push((r["id"].as_str().unwrap().to_string(), cell_amount, cell_phone));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let v = stored(&google, &gs.token, &gs.spreadsheet, "Responses!A1:J").await;
+        let got: Vec<bool> = want
+            .iter()
+            .map(|(id, amount, phone)| {
+                rows_of(&v, id).first().is_some_and(|row| {
+                    row.get(6) == Some(amount) && row.get(7).and_then(Value::as_str) == Some(*phone)
+                })
+            })
+            .collect();
+        if got.iter().all(|g| *g) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{v:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     connect.kill9();
 }
