@@ -147,12 +147,15 @@ impl State {
     /// the sheet write leaves the rows reserved: the redelivered events find them again.
     pub async fn reserve(
         &self,
+        generation: i64,
         tabs: &[Tab],
         columns: &[(Uuid, Column)],
         rows: &[(Uuid, RowAt)],
     ) -> Result<(), SinkError> {
         let mut c = self.pool.get().await.map_err(db)?;
         let tx = c.transaction().await.map_err(db)?;
+        // Fenced: a writer that lost the integration's lease reserves nothing.
+        collect_connect::lease::check(&tx, self.id, generation).await?;
         for t in tabs {
             tx.execute(
                 "INSERT INTO sheets_tabs (integration_id, tab_index, sheet_id, title, next_row) VALUES ($1, $2, $3, $4, $5) \
@@ -199,12 +202,14 @@ impl State {
     /// One transaction; revisions are kept.
     pub async fn relocate(
         &self,
+        generation: i64,
         tab: i32,
         found: &HashMap<Uuid, i32>,
         next_row: i32,
     ) -> Result<(usize, usize), SinkError> {
         let mut c = self.pool.get().await.map_err(db)?;
         let tx = c.transaction().await.map_err(db)?;
+        collect_connect::lease::check(&tx, self.id, generation).await?;
         let before = tx
             .query(
                 "DELETE FROM sheets_rows WHERE integration_id = $1 AND tab_index = $2 \

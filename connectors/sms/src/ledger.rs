@@ -39,6 +39,7 @@ pub struct Ledger {
     integration: Uuid,
     form: Uuid,
     purpose: String,
+    generation: i64,
 }
 
 impl Ledger {
@@ -49,7 +50,15 @@ impl Ledger {
             integration,
             form,
             purpose,
+            generation: 0,
         }
+    }
+
+    /// The ledger written under lease generation `generation`: claims are fenced with it
+    /// (`collect_connect::lease`), so a writer that lost the lease claims nothing.
+    pub fn fenced(mut self, generation: i64) -> Self {
+        self.generation = generation;
+        self
     }
 
     /// The entry of `response`, if any.
@@ -75,8 +84,10 @@ impl Ledger {
 
     /// Claims `response` for a send; false if it already has an entry.
     pub async fn claim(&self, response: Uuid, to: &str, body: &str) -> Result<bool, SinkError> {
-        let c = self.pool.get().await.map_err(db)?;
-        let n = c
+        let mut c = self.pool.get().await.map_err(db)?;
+        let tx = c.transaction().await.map_err(db)?;
+        collect_connect::lease::check(&tx, self.integration, self.generation).await?;
+        let n = tx
             .execute(
                 "INSERT INTO sms_ledger (integration_id, response_id, form_id, purpose, state, \
                  to_number, body) VALUES ($1, $2, $3, $4, 'claimed', $5, $6) ON CONFLICT DO NOTHING",
@@ -84,6 +95,7 @@ impl Ledger {
             )
             .await
             .map_err(db)?;
+        tx.commit().await.map_err(db)?;
         Ok(n == 1)
     }
 

@@ -278,7 +278,8 @@ impl<P: Provider> Sink for SmsSink<P> {
             ctx.integration_id,
             ctx.form_id,
             ctx.purpose.clone(),
-        );
+        )
+        .fenced(ctx.lease_generation);
         let mut outcome = BatchOutcome::default();
         for (i, d) in batch.iter().enumerate() {
             let SinkEvent::Response(r) = &d.event else {

@@ -323,22 +323,42 @@ pub async fn run(cmd: DeadLettersCommand) -> Result<()> {
                 Some(sealed) => Some(serde_json::from_slice::<Value>(&sealer.open(sealed)?)?),
                 None => None,
             };
+            // One writer per integration: the re-drive holds the integration's lease (its
+            // worker stops meanwhile) and writes with a lease generation of its own.
+            let held = crate::ops::HeldLease::take(
+                &store,
+                &i,
+                "paused for a dead-letter re-drive",
+                std::time::Duration::from_secs(120),
+            )
+            .await?;
             let metrics = Metrics::new();
             let (_stop, stopped) = tokio::sync::watch::channel(false);
             let ctx = SinkContext {
                 integration_id: i.id,
                 form_id: i.form_id,
                 purpose: i.purpose(),
+                lease_generation: held.generation,
                 limiter: Limiter::new(),
                 metrics: metrics.sink(&i.id.to_string(), &i.kind),
                 db: store.pool().clone(),
                 stop: stopped,
             };
             let n = batch.len();
-            let outcome = Arc::new(Installed)
-                .redrive(&i.kind, &i.config, credentials.as_ref(), batch.clone(), ctx)
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-                .await;
+            let outcome = match Arc::new(Installed).redrive(
+                &i.kind,
+                &i.config,
+                credentials.as_ref(),
+                batch.clone(),
+                ctx,
+            ) {
+                Ok(write) => write.await,
+                Err(e) => {
+                    held.release().await?;
+                    bail!("{e}");
+                }
+            };
+            held.release().await?;
             let report = match outcome {
                 Ok(o) => {
                     let still: Vec<Value> = o

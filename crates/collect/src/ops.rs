@@ -183,6 +183,84 @@ pub struct ReplayArgs {
     send_past_responses: bool,
 }
 
+/// An operator's tool holding an integration's lease: the integration was paused (if it was
+/// active), no worker runs it, and the tool writes with a lease generation of its own, so a
+/// worker that still thinks it holds the lease writes nothing (see `collect_connect::lease`).
+pub(crate) struct HeldLease {
+    client: deadpool_postgres::Object,
+    integrations: IntegrationStore,
+    id: Uuid,
+    was_active: bool,
+    /// The generation the tool writes with.
+    pub generation: i64,
+}
+
+impl HeldLease {
+    /// Pauses `i` (if active) and waits up to `wait` for its worker to stop and the lease to
+    /// be free; takes it and a new generation. Resumes it on failure.
+    pub(crate) async fn take(
+        store: &collect_store::Store,
+        i: &Integration,
+        why: &str,
+        wait: Duration,
+    ) -> Result<Self> {
+        let integrations = IntegrationStore::new(store.pool().clone());
+        let was_active = i.status == "active";
+        if was_active {
+            integrations.set_status(i.id, "paused", Some(why)).await?;
+        }
+        let client = store.pool().get().await?;
+        let key = collect_connect::supervisor::lease_key(i.id);
+        let deadline = Instant::now() + wait;
+        loop {
+            let got: bool = client
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+                .await?
+                .get(0);
+            if got {
+                break;
+            }
+            if Instant::now() > deadline {
+                if was_active {
+                    integrations.set_status(i.id, "active", None).await?;
+                }
+                bail!(
+                    "integration {} is still running somewhere after {wait:?}; nothing changed",
+                    i.id
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let generation = collect_connect::lease::take(&**client, i.id).await?;
+        Ok(Self {
+            client,
+            integrations,
+            id: i.id,
+            was_active,
+            generation,
+        })
+    }
+
+    /// Lets the lease go and resumes the integration if it was active.
+    pub(crate) async fn release(self) -> Result<()> {
+        let key = collect_connect::supervisor::lease_key(self.id);
+        self.client
+            .execute("SELECT pg_advisory_unlock($1)", &[&key])
+            .await?;
+        if self.was_active {
+            self.integrations
+                .set_status(self.id, "active", None)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Whether the integration was active before the tool paused it.
+    pub(crate) fn was_active(&self) -> bool {
+        self.was_active
+    }
+}
+
 fn positions(t: &Topics, i: &Integration) -> Result<Positions> {
     Positions::new(
         &t.brokers,
@@ -435,42 +513,13 @@ pub async fn replay(a: ReplayArgs) -> Result<()> {
             i.purpose()
         );
     }
-    let was_active = i.status == "active";
     let wait = Duration::from_secs(a.wait_secs.max(1));
-    if was_active {
-        integrations
-            .set_status(i.id, "paused", Some("paused for a replay"))
-            .await?;
-    }
     // Hold the integration's lease while rewinding: once we have it, no worker runs it.
-    let c = store.pool().get().await?;
-    let key = collect_connect::supervisor::lease_key(i.id);
-    let deadline = Instant::now() + wait;
-    loop {
-        let got: bool = c
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
-            .await?
-            .get(0);
-        if got {
-            break;
-        }
-        if Instant::now() > deadline {
-            if was_active {
-                integrations.set_status(i.id, "active", None).await?;
-            }
-            bail!(
-                "integration {} is still running somewhere after {wait:?}; nothing changed",
-                i.id
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let held = HeldLease::take(&store, &i, "paused for a replay", wait).await?;
+    let was_active = held.was_active();
     let p = positions(&a.topics, &i)?;
     let rewound = tokio::task::spawn_blocking(move || p.rewind()).await?;
-    c.execute("SELECT pg_advisory_unlock($1)", &[&key]).await?;
-    if was_active {
-        integrations.set_status(i.id, "active", None).await?;
-    }
+    held.release().await?;
     let rewound = rewound.map_err(anyhow::Error::msg)?;
     let target: i64 = rewound.iter().map(|p| p.high - p.low).sum();
     eprintln!(

@@ -286,12 +286,28 @@ async fn answers_reach_the_sheet_with_their_exact_value() {
     // Raw JSON: the number literals reach the API as written.
     let mut want = Vec::new();
     for (amount, phone, cell_amount, cell_phone) in [
-        ("12345678901234567890123", "020 7946 0958", json!("12345678901234567890123"), "+442079460958"),
-        ("0.12345678901234567890", "+44 (0)20 7946 0958", json!("0.12345678901234567890"), "+442079460958"),
-        ("9007199254740993", "+1 650 253 0000", json!("9007199254740993"), "+16502530000"),
+        (
+            "12345678901234567890123",
+            "020 7946 0958",
+            json!("12345678901234567890123"),
+            "+442079460958",
+        ),
+        (
+            "0.12345678901234567890",
+            "+44 (0)20 7946 0958",
+            json!("0.12345678901234567890"),
+            "+442079460958",
+        ),
+        (
+            "9007199254740993",
+            "+1 650 253 0000",
+            json!("9007199254740993"),
+            "+16502530000",
+        ),
         ("42.5", "07911 123456", json!(42.5), "+447911123456"),
     ] {
-        let body = format!(r#"{{"answers": {{"name": "n", "amount": {amount}, "phone": "{phone}"}}}}"#);
+        let body =
+            format!(r#"{{"answers": {{"name": "n", "amount": {amount}, "phone": "{phone}"}}}}"#);
         let r: Value = e
             .http
             .post(format!("{}/v1/forms/{}/responses", e.api, e.form_id()))
@@ -304,7 +320,11 @@ async fn answers_reach_the_sheet_with_their_exact_value() {
             .json()
             .await
             .unwrap();
-        want.push((r["id"].as_str().unwrap().to_string(), cell_amount, cell_phone));
+        want.push((
+            r["id"].as_str().unwrap().to_string(),
+            cell_amount,
+            cell_phone,
+        ));
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     loop {

@@ -145,3 +145,78 @@ async fn a_registry_answering_500_while_the_connector_restarts_holds_the_batch()
     assert_eq!(metric(&m, "collect_connect_dead_letters_total"), 0.0, "{m}");
     connect.kill9();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_session_ended_from_postgres_mid_batch_leaves_every_response_in_one_row() {
+    let e = env(json!({"title": "Sign-up", "questions": [
+        {"label": "Name", "type": "text", "alias": "name", "required": true}
+    ]}))
+    .await;
+    let broker = collect_testkit::shared_broker().await.unwrap();
+    let brokers = broker.bootstrap();
+    let google = Google::start().await;
+    let gs = google.sheet().await;
+    let cdc = reader(&e, &brokers);
+    cdc.wait("/status", |v| v["state"] == "streaming").await;
+    let connect = common::providers::connector(&e, &brokers);
+    connect.wait("/readyz", |_| true).await;
+    let r = e
+        .http
+        .post(format!("{}/v1/integrations", connect.url()))
+        .bearer_auth(&e.key)
+        .json(&google.integration(&e, &gs))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    // Slow writes, so that batches are in flight when the session ends.
+    google.faults(json!({"latency_ms": 300})).await;
+    let load = common::providers::load(&e, "l", 150, Duration::from_millis(5));
+    let sql = e.db.connect().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while google.values(&gs.token, &gs.spreadsheet).await.len() < 10 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing was written"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ended: i64 = sql
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE application_name = 'collect-connect-lease'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ended >= 1, "no lease session to end");
+    let ids = load.await.unwrap();
+    google.faults(json!({})).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let v = google.values(&gs.token, &gs.spreadsheet).await;
+        let per: Vec<usize> = ids
+            .iter()
+            .map(|id| {
+                v.iter()
+                    .filter(|r| r.first().and_then(Value::as_str) == Some(id.as_str()))
+                    .count()
+            })
+            .collect();
+        assert!(per.iter().all(|n| *n <= 1), "a response in two rows: {v:?}");
+        if per.iter().all(|n| *n == 1) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{per:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // The worker that took over wrote under a new lease generation.
+    let generation: i64 = sql
+        .query_one("SELECT max(lease_generation) FROM integrations", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(generation >= 2, "lease generation {generation}");
+    connect.kill9();
+}

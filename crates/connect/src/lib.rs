@@ -12,6 +12,7 @@ pub mod crypto;
 pub mod decode;
 pub mod dlq;
 pub mod kind;
+pub mod lease;
 pub mod limits;
 pub mod metrics;
 pub mod offsets;

@@ -98,6 +98,10 @@ pub struct SinkContext {
     /// keys its ledger by form and purpose, so that deleting the integration and attaching it
     /// again under the same name never acts twice.
     pub purpose: String,
+    /// The generation of the lease this writer holds (`integrations.lease_generation`). A
+    /// sink's state writes check it in the same statement or transaction
+    /// ([`crate::lease::check`]), so a writer that lost its lease writes nothing more.
+    pub lease_generation: i64,
     /// Rate limits, keyed as the third party counts them; shared by every integration of
     /// the process.
     pub limiter: Limiter,

@@ -85,7 +85,7 @@ impl Connect {
         };
     }
 
-    fn spawn(&self, integ: &Integration) -> Result<Worker, String> {
+    fn spawn(&self, integ: &Integration, lease_generation: i64) -> Result<Worker, String> {
         let credentials = match &integ.sealed {
             Some(sealed) => {
                 let plain = self.sealer.open(sealed).map_err(|e| e.to_string())?;
@@ -99,6 +99,7 @@ impl Connect {
         let (stop, stopped) = watch::channel(false);
         let job = Job {
             integration: integ.clone(),
+            lease_generation,
             shared: self.shared.clone(),
             stop: stopped,
         };
@@ -127,13 +128,22 @@ pub async fn run(c: Connect, mut stop: watch::Receiver<bool>) -> Result<(), Stri
         // The lease session: every lock of this process lives on it.
         let session_lost = lease.as_ref().is_some_and(|(_, lost)| *lost.borrow());
         if session_lost {
-            tracing::error!("lost the lease session; stopping every worker");
-            stop_all(&c, &mut workers).await;
+            // Its locks are gone with it: another process may run these integrations from
+            // now on. Abort at once (no graceful end of the batch in hand: at-least-once
+            // makes a redelivery harmless, a second writer would not be).
+            tracing::error!("lost the lease session; aborting every worker");
+            for (id, w) in workers.drain() {
+                w.handle.abort();
+                c.set_info(id, None);
+            }
             lease = None;
         }
         if lease.is_none() {
             let connected = match collect_store::pg::lease_target(&c.database_url) {
-                Ok(t) => t.connect_watched().await.map_err(|e| e.to_string()),
+                Ok(mut t) => {
+                    t.config.application_name("collect-connect-lease");
+                    t.connect_watched().await.map_err(|e| e.to_string())
+                }
                 Err(e) => Err(e),
             };
             match connected {
@@ -216,7 +226,20 @@ pub async fn run(c: Connect, mut stop: watch::Receiver<bool>) -> Result<(), Stri
                         if !got {
                             continue;
                         }
-                        match c.spawn(integ) {
+                        let generation = match crate::lease::take(client, integ.id).await {
+                            Ok(g) => g,
+                            Err(e) => {
+                                tracing::error!(integration = %integ.id, error = %e, "cannot take the lease generation");
+                                let _ = client
+                                    .execute(
+                                        "SELECT pg_advisory_unlock($1)",
+                                        &[&lock_key(integ.id)],
+                                    )
+                                    .await;
+                                continue;
+                            }
+                        };
+                        match c.spawn(integ, generation) {
                             Ok(w) => {
                                 backoff.remove(&integ.id);
                                 c.set_info(

@@ -105,6 +105,8 @@ pub struct Shared {
 pub struct Job {
     /// The integration.
     pub integration: Integration,
+    /// The generation of the lease the process took for it.
+    pub lease_generation: i64,
     /// What the process shares.
     pub shared: Shared,
     /// Turns true to stop the worker (it finishes or abandons the batch in hand, commits
@@ -228,6 +230,7 @@ async fn work<S: Sink>(
         integration_id: integ.id,
         form_id: integ.form_id,
         purpose: integ.purpose(),
+        lease_generation: job.lease_generation,
         limiter: job.shared.limiter.clone(),
         metrics: m.sink(&id, kind),
         db: job.shared.db.clone(),

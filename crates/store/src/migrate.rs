@@ -74,6 +74,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0011_sms_early_reports",
         sql: include_str!("../../../migrations/0011_sms_early_reports.sql"),
     },
+    Migration {
+        version: 12,
+        name: "0012_lease_generation",
+        sql: include_str!("../../../migrations/0012_lease_generation.sql"),
+    },
 ];
 
 /// Advisory lock key held while migrating ("collect" in ASCII).

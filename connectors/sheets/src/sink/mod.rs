@@ -304,7 +304,7 @@ impl Sink for SheetsSink {
                 title,
                 next_row: 1,
             });
-            state.reserve(&tabs, &[], &[]).await?;
+            state.reserve(ctx.lease_generation, &tabs, &[], &[]).await?;
         }
         // Tabs are followed by their sheet id: a renamed tab keeps its rows.
         let by_id: HashMap<i64, String> = by_title.iter().map(|(t, i)| (*i, t.clone())).collect();
@@ -497,7 +497,7 @@ impl Sink for SheetsSink {
             .await?;
         // Reserve before writing: a crash now leaves rows reserved, never doubled.
         self.state()?
-            .reserve(&self.tabs, &changed_cols, &new_rows)
+            .reserve(ctx.lease_generation, &self.tabs, &changed_cols, &new_rows)
             .await?;
         let mut data: Vec<(Option<Uuid>, ValueRange)> = Vec::new();
         if header_needed {

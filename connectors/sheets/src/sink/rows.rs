@@ -268,7 +268,9 @@ impl SheetsSink {
                     found.entry(u).or_insert(i as i32);
                 }
             }
-            let (kept, lost) = state.relocate(tab.index, &found, last_used + 1).await?;
+            let (kept, lost) = state
+                .relocate(ctx.lease_generation, tab.index, &found, last_used + 1)
+                .await?;
             tracing::warn!(
                 integration = %ctx.integration_id,
                 tab = tab.title,

@@ -235,6 +235,9 @@ impl Env {
         let (stop, stopped) = watch::channel(false);
         let job = Job {
             integration: integration.clone(),
+            // The suite's workers run without the supervisor: the integration's stored
+            // generation (0 until a supervisor or a tool takes the lease).
+            lease_generation: 0,
             shared: self.shared.clone(),
             stop: stopped,
         };
