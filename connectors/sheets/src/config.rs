@@ -52,7 +52,8 @@ pub enum OnCellLimit {
     Pause,
 }
 
-/// Write quotas, counted as Google counts them.
+/// Quotas, counted as Google counts them ("Usage limits" of the Sheets API: per minute,
+/// per user and per project, reads and writes apart).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Quotas {
@@ -62,6 +63,12 @@ pub struct Quotas {
     /// Write requests per minute per project (Google: 300).
     #[serde(default = "default_per_project")]
     pub write_requests_per_minute_per_project: u32,
+    /// Read requests per minute per user (Google: 60).
+    #[serde(default = "default_per_user")]
+    pub read_requests_per_minute_per_user: u32,
+    /// Read requests per minute per project (Google: 300).
+    #[serde(default = "default_per_project")]
+    pub read_requests_per_minute_per_project: u32,
 }
 
 impl Default for Quotas {
@@ -69,6 +76,8 @@ impl Default for Quotas {
         Self {
             write_requests_per_minute_per_user: default_per_user(),
             write_requests_per_minute_per_project: default_per_project(),
+            read_requests_per_minute_per_user: default_per_user(),
+            read_requests_per_minute_per_project: default_per_project(),
         }
     }
 }

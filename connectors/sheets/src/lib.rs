@@ -63,6 +63,8 @@ impl Kind for Sheets {
         }
         if config.quotas.write_requests_per_minute_per_user == 0
             || config.quotas.write_requests_per_minute_per_project == 0
+            || config.quotas.read_requests_per_minute_per_user == 0
+            || config.quotas.read_requests_per_minute_per_project == 0
         {
             return Err(field("config.quotas", "invalid", "quotas must be positive"));
         }

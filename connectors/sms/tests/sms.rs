@@ -518,7 +518,26 @@ async fn a_delivery_report_before_its_sid_is_kept_and_applied() {
         uuid::Uuid::now_v7(),
         uuid::Uuid::now_v7(),
     );
+    // The ledger writes under the integration's lease (generation 0 until taken).
+    let c = pool.get().await.unwrap();
+    let org = uuid::Uuid::now_v7();
+    c.execute(
+        "INSERT INTO organizations (id, name) VALUES ($1, 'org')",
+        &[&org],
+    )
+    .await
+    .unwrap();
+    c.execute(
+        "INSERT INTO integrations (id, org_id, form_id, kind, config) VALUES ($1, $2, $3, 'sms', '{}')",
+        &[&integration, &org, &form],
+    )
+    .await
+    .unwrap();
     let ledger = collect_sms::ledger::Ledger::new(pool.clone(), integration, form, "thanks".into());
+    // A writer with another generation claims nothing.
+    let stale = collect_sms::ledger::Ledger::new(pool.clone(), integration, form, "thanks".into())
+        .fenced(7);
+    assert!(stale.claim(response, "+4791234567", "Hi").await.is_err());
     assert!(ledger.claim(response, "+4791234567", "Hi").await.unwrap());
     // The provider's callback comes before its answer to the send.
     assert!(!ledger.delivery("SM1", "sent").await.unwrap());

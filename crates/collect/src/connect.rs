@@ -62,6 +62,11 @@ pub struct ConnectArgs {
     /// Extra librdkafka consumer setting, KEY=VALUE (repeatable).
     #[arg(long = "kafka-option", value_parser = parse_key_value)]
     kafka_options: Vec<(String, String)>,
+    /// Keep rate limits in this process only, instead of sharing them through Postgres with
+    /// the other `collect connect` processes (which is right whenever two processes may
+    /// write for the same Google user or SMS sender).
+    #[arg(long)]
+    local_limits: bool,
     /// Integrations file applied at start (see `collect integrations apply`).
     #[arg(long, env = "COLLECT_INTEGRATIONS_FILE")]
     integrations_file: Option<PathBuf>,
@@ -250,7 +255,13 @@ pub async fn run(a: ConnectArgs) -> Result<()> {
             &a.kafka_options,
         )?,
         metrics: metrics.clone(),
-        limiter: Limiter::new(),
+        // Third parties count quotas per user, project or sender, whatever process calls:
+        // the limits are kept in Postgres, shared by every `collect connect`.
+        limiter: if a.local_limits {
+            Limiter::new()
+        } else {
+            Limiter::shared(pool.clone())
+        },
         db: pool.clone(),
     };
     let running = Running::default();

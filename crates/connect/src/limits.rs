@@ -1,5 +1,9 @@
-//! Rate limits shared by every integration of a process, keyed as the third party counts
-//! them (per user, per project, per sender, per account), with governor.
+//! Rate limits keyed as the third party counts them (per user, per project, per sender, per
+//! account). Within one process, governor's GCRA. Across processes (two `collect connect`
+//! writing for integrations that share one Google user or one Twilio sender), the same
+//! algorithm (GCRA: a theoretical arrival time per key) kept in Postgres (migration
+//! `0013_rate_limits`, an unlogged table: no WAL, nothing for the CDC reader), one statement
+//! per permit, so the processes together stay within the third party's quota.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -60,6 +64,8 @@ type Keyed = (Rate, Arc<DefaultDirectRateLimiter>);
 #[derive(Clone, Default)]
 pub struct Limiter {
     limiters: Arc<Mutex<HashMap<String, Keyed>>>,
+    /// Postgres, when the limits are shared by every process of the database.
+    shared: Option<deadpool_postgres::Pool>,
 }
 
 /// Most distinct keys kept (users, projects, senders); beyond it the table is cleared, which
@@ -67,9 +73,60 @@ pub struct Limiter {
 const MAX_KEYS: usize = 10_000;
 
 impl Limiter {
-    /// A new, empty set of limiters.
+    /// A new, empty set of limiters, for this process alone.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Limits shared with every process of the database behind `pool`. If Postgres fails,
+    /// a permit falls back to this process's own limiter (logged).
+    pub fn shared(pool: deadpool_postgres::Pool) -> Self {
+        Self {
+            limiters: Arc::default(),
+            shared: Some(pool),
+        }
+    }
+
+    /// One try at a shared permit: `Ok(None)` when granted, `Ok(Some(wait))` when the next
+    /// permit comes after `wait`.
+    async fn try_shared(
+        pool: &deadpool_postgres::Pool,
+        key: &str,
+        rate: Rate,
+    ) -> Result<Option<Duration>, String> {
+        let c = pool.get().await.map_err(|e| e.to_string())?;
+        let interval = (rate.per.as_secs_f64() / f64::from(rate.count.max(1))).max(1e-6);
+        let window = rate.per.as_secs_f64();
+        // GCRA: a request conforms when the theoretical arrival time, pushed by one
+        // interval, stays within the burst window from now.
+        let granted = c
+            .query_opt(
+                "INSERT INTO rate_limits AS r (key, tat) \
+                 VALUES ($1, clock_timestamp() + make_interval(secs => $2)) \
+                 ON CONFLICT (key) DO UPDATE \
+                 SET tat = greatest(r.tat, clock_timestamp()) + make_interval(secs => $2) \
+                 WHERE greatest(r.tat, clock_timestamp()) + make_interval(secs => $2) \
+                       - clock_timestamp() <= make_interval(secs => $3) \
+                 RETURNING 1",
+                &[&key, &interval, &window],
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .is_some();
+        if granted {
+            return Ok(None);
+        }
+        let wait: f64 = c
+            .query_one(
+                "SELECT coalesce(extract(epoch FROM greatest(tat, clock_timestamp()) \
+                 + make_interval(secs => $2) - make_interval(secs => $3) - clock_timestamp()), 0)::float8 \
+                 FROM rate_limits WHERE key = $1",
+                &[&key, &interval, &window],
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .get(0);
+        Ok(Some(Duration::from_secs_f64(wait.clamp(0.005, 60.0))))
     }
 
     fn get(&self, key: &str, rate: Rate) -> Arc<DefaultDirectRateLimiter> {
@@ -94,6 +151,32 @@ impl Limiter {
         rate: Rate,
         max_wait: Duration,
     ) -> Result<(), Throttled> {
+        if let Some(pool) = &self.shared {
+            let deadline = tokio::time::Instant::now() + max_wait;
+            loop {
+                match Self::try_shared(pool, key, rate).await {
+                    Ok(None) => return Ok(()),
+                    Ok(Some(wait)) => {
+                        let now = tokio::time::Instant::now();
+                        if now + wait > deadline {
+                            return Err(Throttled {
+                                key: key.to_string(),
+                                waited: max_wait,
+                            });
+                        }
+                        tokio::time::sleep(wait).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            key,
+                            error = e,
+                            "shared rate limit unavailable; limiting this process alone"
+                        );
+                        break;
+                    }
+                }
+            }
+        }
         let limiter = self.get(key, rate);
         if limiter.check().is_ok() {
             return Ok(());
@@ -134,5 +217,48 @@ mod tests {
             t.elapsed() >= Duration::from_millis(50),
             "waited for the next permit"
         );
+    }
+}
+
+#[cfg(test)]
+mod shared_tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_processes_share_one_quota_through_postgres() {
+        let db = collect_testkit::fresh_db().await.unwrap();
+        let pool = || {
+            collect_store::connect_pool(&db.url, &collect_store::PoolSettings::default()).unwrap()
+        };
+        // Two limiters on two pools: two processes of one database.
+        let (a, b) = (Limiter::shared(pool()), Limiter::shared(pool()));
+        let rate = Rate {
+            count: 4,
+            per: Duration::from_millis(800),
+        };
+        for i in 0..4 {
+            let l = if i % 2 == 0 { &a } else { &b };
+            l.acquire("google:user", rate, Duration::ZERO)
+                .await
+                .unwrap();
+        }
+        // The burst is spent for both, whoever asks; another key is untouched.
+        assert!(
+            a.acquire("google:user", rate, Duration::ZERO)
+                .await
+                .is_err()
+        );
+        assert!(
+            b.acquire("google:user", rate, Duration::ZERO)
+                .await
+                .is_err()
+        );
+        b.acquire("google:other", rate, Duration::ZERO)
+            .await
+            .unwrap();
+        // The next permit comes one interval (200 ms) later.
+        b.acquire("google:user", rate, Duration::from_secs(2))
+            .await
+            .unwrap();
     }
 }

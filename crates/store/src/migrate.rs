@@ -79,6 +79,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0012_lease_generation",
         sql: include_str!("../../../migrations/0012_lease_generation.sql"),
     },
+    Migration {
+        version: 13,
+        name: "0013_rate_limits",
+        sql: include_str!("../../../migrations/0013_rate_limits.sql"),
+    },
 ];
 
 /// Advisory lock key held while migrating ("collect" in ASCII).

@@ -107,17 +107,32 @@ impl SheetsSink {
             message: "not started".into(),
             retry_after: None,
         })?;
-        if write {
+        {
+            // Permits as Google counts them: per user and per project, reads and writes
+            // apart, shared with every process writing for the same user.
             let q = self.config.quotas;
             let started = Instant::now();
+            let (kind, per_user, per_project) = if write {
+                (
+                    "write",
+                    q.write_requests_per_minute_per_user,
+                    q.write_requests_per_minute_per_project,
+                )
+            } else {
+                (
+                    "read",
+                    q.read_requests_per_minute_per_user,
+                    q.read_requests_per_minute_per_project,
+                )
+            };
             for (key, rate) in [
                 (
-                    format!("sheets:{}", auth.identity.user),
-                    Rate::per_minute(q.write_requests_per_minute_per_user),
+                    format!("sheets:{kind}:{}", auth.identity.user),
+                    Rate::per_minute(per_user),
                 ),
                 (
-                    format!("sheets:{}", auth.identity.project),
-                    Rate::per_minute(q.write_requests_per_minute_per_project),
+                    format!("sheets:{kind}:{}", auth.identity.project),
+                    Rate::per_minute(per_project),
                 ),
             ] {
                 ctx.limiter

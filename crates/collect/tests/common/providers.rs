@@ -89,7 +89,9 @@ impl Google {
         json!({
             "kind": "sheets", "form_id": e.form_id(), "name": "sign-up sheet",
             "config": {"spreadsheet_id": s.spreadsheet, "api_base_url": self.base,
-                       "quotas": {"write_requests_per_minute_per_user": 120,
+                       "quotas": {"read_requests_per_minute_per_user": 600,
+                                  "read_requests_per_minute_per_project": 600,
+                                  "write_requests_per_minute_per_user": 120,
                                   "write_requests_per_minute_per_project": 600}},
             "credentials": {"type": "service_account", "key": s.key}
         })
