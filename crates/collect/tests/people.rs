@@ -171,7 +171,7 @@ async fn people_edit_the_sheet_between_the_connectors_writes_and_every_response_
         "/values:batchUpdate",
         json!({"valueInputOption": "RAW", "data": [
             {"range": "Responses!A5:B5", "values": [["Total", 3]]},
-            {"range": "Responses!H2", "values": [["call back"]]}
+            {"range": "Responses!H1:H2", "values": [["Notes"], ["call back"]]}
         ]}),
     )
     .await;
@@ -234,7 +234,57 @@ async fn people_edit_the_sheet_between_the_connectors_writes_and_every_response_
     assert_eq!(s, 200);
     want[1].1 = "Bob (edited)".into();
     want.push(submit(&e, "Ivy").await);
-    let v = wait_rows(&google, &token, &sheet, "'Sign-ups'", &want).await;
+    wait_rows(&google, &token, &sheet, "'Sign-ups'", &want).await;
+
+    // Two questions are added: their columns would be G and H, where the person's note is;
+    // the note moves right instead of being written over.
+    for (label, alias) in [("City", "city"), ("Team", "team")] {
+        let (s, _) = e
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/forms/{}/questions", e.form_id()),
+                Some(json!({"label": label, "type": "text", "alias": alias})),
+            )
+            .await;
+        assert_eq!(s, 201);
+    }
+    let (jo, _) = submit(&e, "Jo").await;
+    let (s, _) = e
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/v1/forms/{}/responses/{jo}", e.form_id()),
+            Some(json!({"answers": {"city": "Oslo", "team": "Blue"}})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    want.push((jo.clone(), "Jo".into()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let v = loop {
+        let v = wait_rows(&google, &token, &sheet, "'Sign-ups'", &want).await;
+        let jo_row = rows_of(&v, &jo)
+            .first()
+            .map(|r| (*r).clone())
+            .unwrap_or_default();
+        if jo_row.get(6).and_then(Value::as_str) == Some("Oslo")
+            && jo_row.get(7).and_then(Value::as_str) == Some("Blue")
+        {
+            break v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{v:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(
+        v[0].get(6).and_then(Value::as_str),
+        Some("City"),
+        "{:?}",
+        v[0]
+    );
+    assert_eq!(
+        v[0].get(7).and_then(Value::as_str),
+        Some("Team"),
+        "{:?}",
+        v[0]
+    );
 
     // What the person typed is intact, each response is in one row at its newest revision,
     // and nothing went to the dead-letter topic.
@@ -245,9 +295,17 @@ async fn people_edit_the_sheet_between_the_connectors_writes_and_every_response_
     );
     let noted = v
         .iter()
-        .filter(|r| r.get(7).and_then(Value::as_str) == Some("call back"))
+        .filter(|r| r.iter().any(|c| c.as_str() == Some("call back")))
         .count();
-    assert_eq!(noted, 1, "{v:?}");
+    assert_eq!(
+        noted, 1,
+        "the person's note was lost or written over: {v:?}"
+    );
+    assert!(
+        v[0].iter().any(|c| c.as_str() == Some("Notes")),
+        "the person's column header was written over: {:?}",
+        v[0]
+    );
     for (id, name) in &want {
         let rows = rows_of(&v, id);
         assert_eq!(rows.len(), 1, "{id} {name}: {v:?}");

@@ -370,6 +370,7 @@ impl Sink for SheetsSink {
         let mut outcome = BatchOutcome::default();
         let mut changed_cols: Vec<(Uuid, Column)> = Vec::new();
         let mut next_col = self.width() as i32;
+        let first_new = next_col;
         // Any question event rewrites the header (a retried batch writes the header it needs,
         // even when its columns were stored by the failed attempt).
         let mut header_needed = false;
@@ -446,6 +447,11 @@ impl Sink for SheetsSink {
             }
         }
         header_needed |= !changed_cols.is_empty();
+        // New questions' columns never write over what a person typed there.
+        if next_col > first_new {
+            self.free_columns(ctx, first_new, next_col - first_new)
+                .await?;
+        }
         let width = self.width();
         let known: HashSet<Uuid> = order.iter().copied().collect();
         // Rows: known responses keep theirs, new ones take the next free rows, but only once

@@ -283,6 +283,73 @@ impl SheetsSink {
         Ok(())
     }
 
+    /// Makes columns `first..first + count` (0-based) free for new questions in every tab:
+    /// where a person typed anything in them (a note beside the data, a header of their own),
+    /// empty columns are inserted there (`insertDimension`), so their content moves right
+    /// and is never written over. One read request; one write only when a tab needs it.
+    pub(super) async fn free_columns(
+        &mut self,
+        ctx: &SinkContext,
+        first: i32,
+        count: i32,
+    ) -> Result<(), SinkError> {
+        let ranges: Vec<String> = self
+            .tabs
+            .iter()
+            .map(|t| {
+                let rows = self.grids.get(&t.sheet_id).map_or(1, |(r, _)| (*r).max(1));
+                format!(
+                    "{}!{}1:{}{rows}",
+                    quoted(&t.title),
+                    column_letters(first as usize),
+                    column_letters((first + count - 1) as usize)
+                )
+            })
+            .collect();
+        let id = self.spreadsheet.clone();
+        let got = match self
+            .call(ctx, false, |t| {
+                let (s, id, r) = (self.service.clone(), id.clone(), ranges.clone());
+                async move { s.batch_get(&t, &id, &r).await }
+            })
+            .await
+        {
+            Ok(v) => v,
+            // Columns past the grid hold nothing.
+            Err(CallError::Refused(_)) => return Ok(()),
+            Err(e) => return Err(to_sink(e)),
+        };
+        let mut requests = Vec::new();
+        let mut grown = Vec::new();
+        for (t, vr) in self.tabs.iter().zip(&got) {
+            let used = vr
+                .values
+                .clone()
+                .unwrap_or_default()
+                .iter()
+                .any(|row| row.iter().any(|v| !text(v).trim().is_empty()));
+            if !used {
+                continue;
+            }
+            tracing::info!(integration = %ctx.integration_id, tab = t.title, column = first + 1, "a person's content where new questions' columns go; inserting columns before it");
+            requests.push(google_sheets4::api::Request {
+                insert_dimension: Some(google_sheets4::api::InsertDimensionRequest {
+                    range: Some(google_sheets4::api::DimensionRange {
+                        sheet_id: Some(t.sheet_id as i32),
+                        dimension: Some("COLUMNS".into()),
+                        start_index: Some(first),
+                        end_index: Some(first + count),
+                    }),
+                    inherit_from_before: Some(first > 0),
+                }),
+                ..Default::default()
+            });
+            let (r, c) = self.grids.get(&t.sheet_id).copied().unwrap_or((0, 0));
+            grown.push((t.sheet_id, (r, c + count as u32)));
+        }
+        self.structure(ctx, requests, grown).await
+    }
+
     /// Reads the spreadsheet's properties again: every grid's size, and the title of each of
     /// our tabs, followed by its sheet id (a person may have renamed it). A tab that is gone
     /// pauses the integration with the reason.
