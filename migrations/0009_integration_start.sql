@@ -24,6 +24,18 @@ DELETE FROM sms_ledger WHERE form_id IS NULL;
 ALTER TABLE sms_ledger
     ALTER COLUMN form_id SET NOT NULL,
     ALTER COLUMN purpose SET NOT NULL;
+-- An integration deleted and attached again under the same name may have texted the same
+-- responses twice already (the fault this fixes): keep one entry per response, the one that
+-- says most (sent, then in doubt, then failed).
+DELETE FROM sms_ledger l USING (
+    SELECT ctid, row_number() OVER (
+        PARTITION BY form_id, purpose, response_id
+        ORDER BY CASE state WHEN 'sent' THEN 0 WHEN 'ambiguous' THEN 1 WHEN 'claimed' THEN 1 ELSE 2 END,
+                 claimed_at
+    ) AS n
+    FROM sms_ledger
+) d
+WHERE l.ctid = d.ctid AND d.n > 1;
 CREATE UNIQUE INDEX sms_ledger_purpose_uq ON sms_ledger (form_id, purpose, response_id);
 -- Reconciliation excludes messages any integration accounted for, by recipient.
 CREATE INDEX sms_ledger_by_recipient ON sms_ledger (to_number) WHERE provider_sid IS NOT NULL;

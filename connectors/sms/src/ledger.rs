@@ -176,16 +176,28 @@ impl Ledger {
 
     /// Claims an entry again for a new attempt (after the provider's list showed the last
     /// one was never accepted).
-    pub async fn reclaim(&self, response: Uuid) -> Result<(), SinkError> {
-        let c = self.pool.get().await.map_err(db)?;
-        c.execute(
-            "UPDATE sms_ledger SET state = 'claimed', attempts = attempts + 1, claimed_at = now(), \
-             lookups = 0, updated_at = now() WHERE form_id = $1 AND purpose = $2 AND response_id = $3",
-            &[&self.form, &self.purpose, &response],
-        )
-        .await
-        .map_err(db)?;
-        Ok(())
+    /// Fenced and conditional: only the writer holding the lease, and only if the entry is
+    /// still the unresolved one it looked at (`seen_claim`), gets it; returns whether it did
+    /// (two writers reconciling the same entry never both send).
+    pub async fn reclaim(
+        &self,
+        response: Uuid,
+        seen_claim: DateTime<Utc>,
+    ) -> Result<bool, SinkError> {
+        let mut c = self.pool.get().await.map_err(db)?;
+        let tx = c.transaction().await.map_err(db)?;
+        collect_connect::lease::check(&tx, self.integration, self.generation).await?;
+        let n = tx
+            .execute(
+                "UPDATE sms_ledger SET state = 'claimed', attempts = attempts + 1, claimed_at = now(), \
+                 lookups = 0, updated_at = now() WHERE form_id = $1 AND purpose = $2 AND response_id = $3 \
+                 AND state IN ('claimed', 'ambiguous') AND claimed_at = $4",
+                &[&self.form, &self.purpose, &response, &seen_claim],
+            )
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(n == 1)
     }
 
     /// Forgets a refusal for good, so that a re-driven event is tried again.
@@ -252,6 +264,21 @@ impl Ledger {
                  THEN sms_delivery_pending.status ELSE EXCLUDED.status END, received_at = now()"
             ),
             &[&self.integration, &sid, &status],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        // The SID may have been recorded between the UPDATE above and this INSERT (the send's
+        // answer arriving meanwhile): apply the report now if so.
+        c.execute(
+            &format!(
+                "WITH p AS (DELETE FROM sms_delivery_pending d WHERE d.integration_id = $1 \
+                 AND d.provider_sid = $2 AND EXISTS (SELECT 1 FROM sms_ledger l \
+                 WHERE l.integration_id = $1 AND l.provider_sid = $2) RETURNING status, received_at) \
+                 UPDATE sms_ledger l SET delivery_status = p.status, delivery_at = p.received_at \
+                 FROM p WHERE l.integration_id = $1 AND l.provider_sid = $2 \
+                 AND (l.delivery_status IS NULL OR l.delivery_status NOT IN {FINAL})"
+            ),
+            &[&self.integration, &sid],
         )
         .await
         .map_err(|e| e.to_string())?;

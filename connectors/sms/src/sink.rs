@@ -200,7 +200,12 @@ impl<P: Provider> SmsSink<P> {
         match self.config.unresolved {
             Unresolved::Resend => {
                 tracing::warn!(integration = %ctx.integration_id, response = %id, "the provider never accepted the earlier attempt; sending");
-                ledger.reclaim(id).await?;
+                if !ledger.reclaim(id, e.claimed_at).await? {
+                    // Another writer took it meanwhile: decide again from its entry.
+                    return Err(SinkError::retryable(format!(
+                        "send of response {id} was taken by another attempt; looking again"
+                    )));
+                }
                 self.send(ctx, ledger, id, &m).await
             }
             Unresolved::DeadLetter => {

@@ -148,6 +148,9 @@ pub enum SendRefused {
 pub struct Output {
     producer: ThreadedProducer<DeliveryContext>,
     partitions: HashMap<String, i32>,
+    /// Largest record each topic takes: the smaller of `max_message_bytes` and the topic's
+    /// own `max.message.bytes` (a topic created earlier, or by an operator, may take less).
+    limits: HashMap<String, usize>,
     /// Registry ids of the response and form event schemas.
     ids: (u32, u32),
     settings: KafkaSettings,
@@ -222,6 +225,49 @@ async fn partition_counts(s: &KafkaSettings) -> Result<HashMap<String, i32>, Cdc
     .map_err(|e| CdcError::Kafka(format!("metadata task: {e}")))?
 }
 
+/// The largest record each event topic takes: the smaller of the reader's setting and the
+/// topic's `max.message.bytes` (DescribeConfigs). A broker that does not answer leaves the
+/// reader's setting (logged).
+async fn topic_limits(s: &KafkaSettings) -> HashMap<String, usize> {
+    use rdkafka::admin::ResourceSpecifier;
+    let mut out = HashMap::new();
+    let admin: AdminClient<DefaultClientContext> = match s.client_config().create() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the topics' max.message.bytes");
+            return out;
+        }
+    };
+    let topics = [&s.responses_topic, &s.forms_topic, &s.dead_letter_topic];
+    let specs: Vec<ResourceSpecifier<'_>> = topics
+        .iter()
+        .map(|t| ResourceSpecifier::Topic(t.as_str()))
+        .collect();
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    match admin.describe_configs(specs.iter(), &opts).await {
+        Ok(results) => {
+            for (topic, r) in topics.iter().zip(results) {
+                let limit = r.ok().and_then(|c| {
+                    c.get("max.message.bytes")
+                        .and_then(|e| e.value.as_deref())
+                        .and_then(|v| v.parse::<usize>().ok())
+                });
+                let limit = limit.map_or(s.max_message_bytes, |l| l.min(s.max_message_bytes));
+                if limit < s.max_message_bytes {
+                    tracing::warn!(
+                        topic,
+                        limit,
+                        "the topic takes smaller records than --max-message-bytes; using its limit"
+                    );
+                }
+                out.insert((*topic).clone(), limit);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the topics' max.message.bytes"),
+    }
+    out
+}
+
 /// Registers an event schema under `<topic>-value`; returns its id.
 async fn register(sr: &SrSettings, topic: &str, name: &str, schema: &str) -> Result<u32, CdcError> {
     let registered = post_schema(
@@ -280,10 +326,12 @@ impl Output {
         let producer: ThreadedProducer<DeliveryContext> =
             config.create_with_context(DeliveryContext { acks: tx })?;
         let partitions = partition_counts(s).await?;
+        let limits = topic_limits(s).await;
         Ok((
             Self {
                 producer,
                 partitions,
+                limits,
                 ids: (response_id, form_id),
                 settings: s.clone(),
             },
@@ -322,10 +370,14 @@ impl Output {
             headers: Vec::new(),
         };
         let size = record.size();
-        if size > self.settings.max_message_bytes {
+        let limit = self
+            .limits
+            .get(topic)
+            .copied()
+            .unwrap_or(self.settings.max_message_bytes);
+        if size > limit {
             return Err(format!(
-                "the event is {size} bytes; the topics take at most {} (max.message.bytes)",
-                self.settings.max_message_bytes
+                "the event is {size} bytes; topic {topic} takes at most {limit} (max.message.bytes)"
             ));
         }
         Ok(record)

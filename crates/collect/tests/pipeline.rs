@@ -277,7 +277,27 @@ async fn one_row_and_one_sms_per_response_through_kill_9_and_provider_faults() {
     connect = connector(&e, &brokers);
     let ids: BTreeSet<String> = writes.await.unwrap().into_iter().collect();
     assert_eq!(ids.len(), 120);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The faults stay until both providers have answered with each of them at least once.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let sms = texts
+            .admin(reqwest::Method::GET, "stats", Value::Null)
+            .await;
+        let sheets = google
+            .admin(reqwest::Method::GET, "stats", Value::Null)
+            .await;
+        if sms["dropped_after_accept"].as_u64().unwrap_or(0) > 0
+            && sms["injected_errors"].as_u64().unwrap_or(0) > 0
+            && sheets["injected_errors"].as_u64().unwrap_or(0) > 0
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the faults were never met: {sms} {sheets}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     texts.put("faults", json!({})).await;
     google.faults(json!({})).await;
 

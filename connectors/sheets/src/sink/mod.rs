@@ -2,7 +2,7 @@
 
 mod rows;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use collect_connect::limits::Rate;
@@ -453,11 +453,11 @@ impl Sink for SheetsSink {
                 .await?;
         }
         let width = self.width();
-        let known: HashSet<Uuid> = order.iter().copied().collect();
         // Rows: known responses keep theirs, new ones take the next free rows, but only once
         // the sheet shows what the ledger says (see rows.rs); events older than what the
         // sheet shows are dropped (they are replays).
         let mut attempt = 0;
+        let mut fresh = false;
         let (mut placed, mut new_rows) = loop {
             let stored = self.state()?.rows(&order).await?;
             let mut placed: Vec<(Uuid, RowAt)> = Vec::new();
@@ -482,7 +482,7 @@ impl Sink for SheetsSink {
                     }
                 }
             }
-            let seen = self.look(ctx, &placed, &new_rows, width, &known).await?;
+            let seen = self.look(ctx, &placed, &new_rows, width, fresh).await?;
             if seen == rows::Seen::Fine {
                 self.tabs = tabs;
                 placed.extend(new_rows.iter().copied());
@@ -495,7 +495,10 @@ impl Sink for SheetsSink {
                 ));
             }
             match seen {
-                rows::Seen::Moved => self.rebuild(ctx).await?,
+                rows::Seen::Moved => {
+                    self.rebuild(ctx).await?;
+                    fresh = true;
+                }
                 rows::Seen::Blocked { tab, past } => {
                     tracing::info!(integration = %ctx.integration_id, tab, row = past + 1, "a person's content where new rows were to go; they go below it");
                     self.state()?.skip_to(tab, past).await?;
@@ -503,6 +506,7 @@ impl Sink for SheetsSink {
                 rows::Seen::Stale(why) => {
                     tracing::info!(integration = %ctx.integration_id, why, "Google refused a read; reading the spreadsheet again");
                     self.refresh(ctx).await?;
+                    fresh = true;
                 }
                 rows::Seen::Fine => {}
             }

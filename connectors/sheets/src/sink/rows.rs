@@ -9,7 +9,7 @@
 //! again. Measured cost: one read request per batch (Google counts reads and writes apart,
 //! 60 a minute per user each), and one more read when the index is rebuilt.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use collect_connect::{SinkContext, SinkError};
 use google_sheets4::api::ValueRange;
@@ -102,15 +102,17 @@ impl SheetsSink {
 
     /// Reads, in one request, the Response ID cell of every row in `placed` and the `width`
     /// cells of every row in `new`, and says whether the sheet shows what the ledger says.
-    /// `known` are the responses this connector wrote (a new-row block holding one of them
-    /// means rows moved, anything else is a person's).
+    /// A new-row block holding any Response ID means rows moved (a person inserted rows
+    /// above them); anything else there is a person's.
+    /// `fresh`: the grid sizes were read in this batch; otherwise rows past the believed grid
+    /// (which a person may have grown by inserting rows) make it read them first.
     pub(super) async fn look(
         &self,
         ctx: &SinkContext,
         placed: &[(Uuid, RowAt)],
         new: &[(Uuid, RowAt)],
         width: usize,
-        known: &HashSet<Uuid>,
+        fresh: bool,
     ) -> Result<Seen, SinkError> {
         let mut ranges: Vec<String> = Vec::new();
         let mut probes: Vec<Probe> = Vec::new();
@@ -122,7 +124,12 @@ impl SheetsSink {
         for (tab, rows) in &by_tab {
             let grid = self.grid_rows(*tab);
             if rows.iter().any(|r| *r >= grid) {
-                // Past the grid: a person trimmed it below our rows, or deleted them.
+                if !fresh {
+                    return Ok(Seen::Stale(format!(
+                        "rows past the believed grid of tab {tab}"
+                    )));
+                }
+                // Past the grid as Google shows it: a person trimmed it, or deleted rows.
                 return Ok(Seen::Moved);
             }
             let t = quoted(&self.title(*tab));
@@ -146,7 +153,13 @@ impl SheetsSink {
             e.1 = e.1.max(at.row);
         }
         for (tab, (first, last)) in &blocks {
-            // Rows past the grid are empty by definition (the grid grows before the write).
+            if !fresh && *last >= self.grid_rows(*tab) {
+                // A person may have grown the grid (inserted rows): its size first.
+                return Ok(Seen::Stale(format!(
+                    "new rows past the believed grid of tab {tab}"
+                )));
+            }
+            // Rows past the grid as Google shows it are empty (it grows before the write).
             let last = (*last).min(self.grid_rows(*tab) - 1);
             if last < *first {
                 continue;
@@ -196,7 +209,9 @@ impl SheetsSink {
                             continue;
                         }
                         let first_cell = row.first().map(text).unwrap_or_default();
-                        if Uuid::parse_str(first_cell.trim()).is_ok_and(|u| known.contains(&u)) {
+                        // A Response ID below our rows: rows were pushed down (a person
+                        // inserted rows), not a person's own content.
+                        if Uuid::parse_str(first_cell.trim()).is_ok() {
                             return Ok(Seen::Moved);
                         }
                         filled_to = Some(first + i as i32);
@@ -212,7 +227,9 @@ impl SheetsSink {
         }
         for (response, at) in placed {
             let shown = ids.get(&(at.tab, at.row)).map(String::as_str).unwrap_or("");
-            if shown.trim() != response.to_string() {
+            // A row reserved by an attempt that failed before writing is still empty.
+            let reserved_only = at.revision == 0 && shown.trim().is_empty();
+            if shown.trim() != response.to_string() && !reserved_only {
                 tracing::info!(
                     integration = %ctx.integration_id,
                     response = %response,
@@ -232,6 +249,8 @@ impl SheetsSink {
     /// shows (a person deleted its row) loses its row and gets a new one with its next event;
     /// new rows go after the last row holding a Response ID.
     pub(super) async fn rebuild(&mut self, ctx: &SinkContext) -> Result<(), SinkError> {
+        // The grids as they are now: rows a person inserted may have pushed ours further.
+        self.refresh(ctx).await?;
         let ranges: Vec<String> = self
             .tabs
             .iter()

@@ -61,28 +61,31 @@ pub struct Target {
 fn split_ssl(database_url: &str) -> Result<(String, Option<String>, Option<String>), String> {
     let (mut mode, mut root) = (None, None);
     if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
-        let mut url =
-            url::Url::parse(database_url).map_err(|e| format!("invalid database URL: {e}"))?;
-        let kept: Vec<(String, String)> = url
-            .query_pairs()
-            .filter_map(|(k, v)| match k.as_ref() {
-                "sslmode" => {
-                    mode = Some(v.into_owned());
-                    None
-                }
-                "sslrootcert" => {
-                    root = Some(v.into_owned());
-                    None
-                }
-                _ => Some((k.into_owned(), v.into_owned())),
-            })
-            .collect();
-        if kept.is_empty() {
-            url.set_query(None);
-        } else {
-            url.query_pairs_mut().clear().extend_pairs(kept);
+        // The other query parameters are kept byte for byte (a re-encoded `%20` would reach
+        // tokio-postgres as `+`); only these two are taken out and decoded.
+        let Some((base, query)) = database_url.split_once('?') else {
+            return Ok((database_url.to_string(), None, None));
+        };
+        let decode = |v: &str| {
+            url::form_urlencoded::parse(format!("v={v}").as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default()
+        };
+        let mut kept = Vec::new();
+        for part in query.split('&').filter(|p| !p.is_empty()) {
+            match part.split_once('=') {
+                Some(("sslmode", v)) => mode = Some(decode(v)),
+                Some(("sslrootcert", v)) => root = Some(decode(v)),
+                _ => kept.push(part),
+            }
         }
-        return Ok((url.to_string(), mode, root));
+        let rest = if kept.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}?{}", kept.join("&"))
+        };
+        return Ok((rest, mode, root));
     }
     let mut kept = Vec::new();
     for part in database_url.split_whitespace() {
@@ -187,6 +190,13 @@ pub fn config(database_url: &str) -> Result<tokio_postgres::Config, String> {
 /// kernel's default of hours.
 pub fn lease_target(database_url: &str) -> Result<Target, String> {
     let mut t = target(database_url)?;
+    // The server's side too: its backend (and the advisory locks it holds) must go within
+    // seconds when the client is cut off, not after the kernel's two hours.
+    let options = format!(
+        "{} -c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3",
+        t.config.get_options().unwrap_or_default()
+    );
+    t.config.options(options.trim());
     t.config
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(5))
@@ -217,6 +227,67 @@ mod tests {
                 .config
                 .get_keepalives_idle(),
             Duration::from_secs(5)
+        );
+    }
+
+    #[test]
+    fn other_url_parameters_are_kept_byte_for_byte() {
+        let t = target("postgres://u@h/db?options=-c%20search_path%3Dx&sslmode=require").unwrap();
+        assert_eq!(t.ssl_mode, SslMode::Require);
+        assert!(
+            t.config
+                .get_options()
+                .is_some_and(|o| o.starts_with("-c search_path=x -c DateStyle=ISO")),
+            "{:?}",
+            t.config.get_options()
+        );
+        let t = target("postgres://u@h/db?sslrootcert=%2Fetc%2Fca%20file.pem").unwrap();
+        assert_eq!(
+            t.root_cert.as_deref(),
+            Some(std::path::Path::new("/etc/ca file.pem"))
+        );
+        let lease = lease_target("postgres://u@h/db").unwrap();
+        assert!(
+            lease
+                .config
+                .get_options()
+                .is_some_and(|o| o.contains("tcp_keepalives_idle=5")),
+            "{:?}",
+            lease.config.get_options()
+        );
+    }
+
+    #[test]
+    fn ssl_settings_are_read_as_libpq_names_them() {
+        let t = target(
+            "postgres://u@h:5433/db?sslmode=verify-full&sslrootcert=/etc/ca.pem&application_name=x",
+        )
+        .unwrap();
+        assert_eq!(t.ssl_mode, SslMode::VerifyFull);
+        assert_eq!(
+            t.root_cert.as_deref(),
+            Some(std::path::Path::new("/etc/ca.pem"))
+        );
+        assert_eq!(t.config.get_application_name(), Some("x"));
+        assert_eq!(t.config.get_ports(), &[5433]);
+        let t = target("host=h user=u dbname=d sslmode=verify-ca sslrootcert=system").unwrap();
+        assert_eq!(t.ssl_mode, SslMode::VerifyCa);
+        assert_eq!(t.root_cert, None);
+        assert_eq!(
+            target("postgres://u@h/db").unwrap().ssl_mode,
+            SslMode::Prefer
+        );
+        assert!(
+            target("postgres://u@h/db?sslmode=sometimes")
+                .unwrap_err()
+                .contains("sslmode")
+        );
+        assert!(
+            target("postgres://u@h/db?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem")
+                .unwrap()
+                .rustls()
+                .unwrap_err()
+                .contains("/nonexistent/ca.pem")
         );
     }
 }

@@ -82,27 +82,23 @@ pub(super) fn client_config(
 
 /// The tokio-postgres TLS connector of a target (never used with `sslmode=disable`).
 pub(super) fn make_connect(t: &Target) -> tokio_postgres_rustls::MakeRustlsConnect {
-    let config = t
-        .rustls()
-        .ok()
-        .flatten()
-        .or_else(|| client_config(SslMode::Prefer, None).ok())
-        .map(|c| (*c).clone())
-        .unwrap_or_else(|| {
-            ClientConfig::builder_with_provider(provider())
-                .with_safe_default_protocol_versions()
-                .map(|b| {
-                    b.dangerous()
-                        .with_custom_certificate_verifier(Arc::new(Unchecked(provider())))
-                        .with_no_client_auth()
-                })
-                .unwrap_or_else(|_| unreachable_config())
-        });
+    // A verifying mode whose roots cannot be read never falls back to an unchecked
+    // connection: it gets a configuration no server can complete a handshake with.
+    let config = match t.rustls() {
+        Ok(Some(c)) => (*c).clone(),
+        Ok(None) => client_config(SslMode::Prefer, None)
+            .map(|c| (*c).clone())
+            .unwrap_or_else(|_| unreachable_config()),
+        Err(e) => {
+            tracing::error!(error = e, "TLS settings of the database URL cannot be used");
+            unreachable_config()
+        }
+    };
     tokio_postgres_rustls::MakeRustlsConnect::new(config)
 }
 
-/// A configuration that can never complete a handshake (no protocol versions agree): only
-/// reached if the default provider refused its own defaults.
+/// A configuration that can never complete a handshake (no protocol versions agree): what a
+/// connection gets when its TLS settings cannot be honoured.
 fn unreachable_config() -> ClientConfig {
     ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[])
