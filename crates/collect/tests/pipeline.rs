@@ -224,8 +224,10 @@ async fn one_row_and_one_sms_per_response_through_kill_9_and_provider_faults() {
         .await;
 
     let cdc = reader(&e, &brokers);
+    let mut logs = vec![cdc.log.clone()];
     cdc.wait("/status", |v| v["state"] == "streaming").await;
     let mut connect = connector(&e, &brokers);
+    logs.push(connect.log.clone());
     connect.wait("/readyz", |_| true).await;
     for body in [
         google.integration(&e, &gs),
@@ -272,9 +274,11 @@ async fn one_row_and_one_sms_per_response_through_kill_9_and_provider_faults() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     connect.kill9();
     connect = connector(&e, &brokers);
+    logs.push(connect.log.clone());
     tokio::time::sleep(Duration::from_millis(1500)).await;
     connect.kill9();
     connect = connector(&e, &brokers);
+    logs.push(connect.log.clone());
     let ids: BTreeSet<String> = writes.await.unwrap().into_iter().collect();
     assert_eq!(ids.len(), 120);
     // The faults stay until both providers have answered with each of them at least once.
@@ -341,4 +345,33 @@ async fn one_row_and_one_sms_per_response_through_kill_9_and_provider_faults() {
     );
     connect.kill9();
     cdc.kill9();
+    // No credential the test used ever reached a log: the service account's private key,
+    // the SMS auth token, the API key, the key that seals credentials.
+    let private_key = gs.key["private_key"].as_str().unwrap();
+    let key_line = private_key
+        .lines()
+        .find(|l| l.len() > 40 && !l.starts_with("-----"))
+        .unwrap();
+    let secrets = [
+        ("private key", key_line.to_string()),
+        (
+            "SMS auth token",
+            texts.account["auth_token"].as_str().unwrap().to_string(),
+        ),
+        ("API key", e.key.clone()),
+        ("secret key", common::providers::SECRET.to_string()),
+    ];
+    let mut read = 0;
+    for path in &logs {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        read += text.len();
+        for (what, secret) in &secrets {
+            assert!(
+                !text.contains(secret.as_str()),
+                "the {what} is in {}",
+                path.display()
+            );
+        }
+    }
+    assert!(read > 1000, "the logs were not written ({read} bytes)");
 }

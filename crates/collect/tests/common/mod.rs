@@ -120,7 +120,13 @@ impl Env {
                 "COLLECT_CONNECT_DEAD_LETTER_TOPIC",
                 self.topic("connect.dlq"),
             ),
-            ("RUST_LOG", "warn".to_string()),
+            // Verbose JSON logs to a file per process: tests search them for secrets.
+            (
+                "RUST_LOG",
+                "info,collect_connect=debug,collect_sheets=debug,collect_sms=debug,collect_cdc=debug,librdkafka=warn,rdkafka=warn"
+                    .to_string(),
+            ),
+            ("COLLECT_LOG_FORMAT", "json".to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -132,22 +138,29 @@ impl Env {
 pub struct Proc {
     child: Option<Child>,
     pub port: u16,
+    /// Where its stderr (its logs) goes.
+    pub log: std::path::PathBuf,
 }
 
 impl Proc {
     /// Starts `collect <args>` with `env`; `listen_var` is set to a free loopback port.
     pub fn start(args: &[&str], env: &[(String, String)], listen_var: &str) -> Self {
         let port = collect_testkit::process::free_port().unwrap();
+        let dir = std::env::temp_dir().join("collect-test-logs");
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join(format!("{}-{port}.log", std::process::id()));
         let child = Command::new(env!("CARGO_BIN_EXE_collect"))
             .args(args)
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env(listen_var, format!("127.0.0.1:{port}"))
             .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
         Self {
             child: Some(child),
             port,
+            log,
         }
     }
 
