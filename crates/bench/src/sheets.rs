@@ -130,6 +130,81 @@ impl Stack {
     }
 }
 
+/// The cumulative buckets (`le` in seconds, count) of the connector's
+/// `collect_connect_commit_to_durable_seconds` for one integration, from its `/metrics`.
+async fn durable_buckets(s: &Stack, integration: &str) -> Result<Vec<(f64, f64)>> {
+    let text = s
+        .http
+        .get(format!("{}/metrics", s.connect))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("collect_connect_commit_to_durable_seconds_bucket{")
+        else {
+            continue;
+        };
+        if !rest.contains(&format!("integration=\"{integration}\"")) {
+            continue;
+        }
+        let le = rest
+            .split("le=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .map(|v| {
+                if v == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    v.parse().unwrap_or(f64::NAN)
+                }
+            });
+        let count = line.rsplit(' ').next().and_then(|c| c.parse::<f64>().ok());
+        if let (Some(le), Some(count)) = (le, count) {
+            out.push((le, count));
+        }
+    }
+    out.sort_by(|a, b| a.0.total_cmp(&b.0));
+    Ok(out)
+}
+
+/// The `q` quantile of the events counted between two readings of the buckets, interpolated
+/// within its bucket as Prometheus's `histogram_quantile` does.
+fn quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> Option<f64> {
+    let counts: Vec<(f64, f64)> = after
+        .iter()
+        .map(|(le, c)| {
+            let b = before
+                .iter()
+                .find(|(l, _)| l == le)
+                .map_or(0.0, |(_, c)| *c);
+            (*le, c - b)
+        })
+        .collect();
+    let total = counts.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let mut prev = (0.0, 0.0);
+    for (le, c) in counts {
+        if c >= rank {
+            if le.is_infinite() {
+                return Some(prev.0);
+            }
+            let within = if c > prev.1 {
+                (rank - prev.1) / (c - prev.1)
+            } else {
+                1.0
+            };
+            return Some(prev.0 + (le - prev.0) * within);
+        }
+        prev = (le, c);
+    }
+    None
+}
+
 fn per_request(log: &[Value]) -> (usize, f64, u64, u64, u64) {
     let rows: Vec<u64> = log.iter().filter_map(|e| e["rows"].as_u64()).collect();
     let bytes = log
@@ -252,6 +327,7 @@ pub async fn run(args: Args) -> Result<()> {
     let before = s.get(format!("{}/emulator/stats", s.sheets), None).await?;
 
     let attached = Instant::now();
+    let no_buckets: Vec<(f64, f64)> = Vec::new();
     let integration = s
         .post(
             format!("{}/v1/integrations", s.connect),
@@ -303,6 +379,15 @@ pub async fn run(args: Args) -> Result<()> {
         "  rows per values.batchUpdate: mean {mean:.0}, min {min}, max {max}; largest request {:.2} MB",
         bytes as f64 / 1e6
     );
+    let backlog_buckets = durable_buckets(&s, &integration).await?;
+    if let (Some(p50), Some(p99)) = (
+        quantile(&no_buckets, &backlog_buckets, 0.5),
+        quantile(&no_buckets, &backlog_buckets, 0.99),
+    ) {
+        println!(
+            "  commit to durable in the sheet (the connector's histogram): p50 {p50:.1} s, p99 {p99:.1} s"
+        );
+    }
 
     // 2. The trickle.
     let mut latency = Histogram::<u64>::new_with_bounds(1, 3_600_000, 3)?;
@@ -370,6 +455,17 @@ pub async fn run(args: Args) -> Result<()> {
             latency.max(),
             pending.len()
         );
+        let trickle_buckets = durable_buckets(&s, &integration).await?;
+        if let (Some(p50), Some(p99)) = (
+            quantile(&backlog_buckets, &trickle_buckets, 0.5),
+            quantile(&backlog_buckets, &trickle_buckets, 0.99),
+        ) {
+            println!(
+                "  commit to durable in the sheet (the connector's histogram): p50 {:.0} ms, p99 {:.0} ms",
+                p50 * 1e3,
+                p99 * 1e3
+            );
+        }
         backlog.extend(sent.into_keys());
     }
 
@@ -386,4 +482,19 @@ pub async fn run(args: Args) -> Result<()> {
         bail!("the sheet does not hold every response exactly once");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quantile;
+
+    #[test]
+    fn quantiles_interpolate_within_buckets_between_two_readings() {
+        let before = vec![(1.0, 10.0), (2.0, 10.0), (f64::INFINITY, 10.0)];
+        let after = vec![(1.0, 10.0), (2.0, 110.0), (f64::INFINITY, 110.0)];
+        // The 100 new events all fell in (1, 2]: the median is half way.
+        assert_eq!(quantile(&before, &after, 0.5), Some(1.5));
+        assert_eq!(quantile(&before, &before, 0.5), None);
+        assert_eq!(quantile(&[], &after, 1.0), Some(2.0));
+    }
 }
