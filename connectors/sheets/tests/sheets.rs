@@ -140,6 +140,37 @@ impl Google {
             .unwrap_or_default()
     }
 
+    /// A tab added by the writer itself (as a crash between addSheet and the ledger would
+    /// leave it).
+    async fn add_tab(&self, spreadsheet: &str, title: &str) {
+        let email = self.key["client_email"].as_str().unwrap();
+        let token: Value = self
+            .http
+            .post(format!("{}/emulator/access-tokens", self.base))
+            .json(&json!({"email": email, "project": "forms-prod"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let r = self
+            .http
+            .post(format!(
+                "{}/v4/spreadsheets/{spreadsheet}:batchUpdate",
+                self.base
+            ))
+            .bearer_auth(token["access_token"].as_str().unwrap())
+            .json(
+                &json!({"requests": [{"addSheet": {"properties": {"title": title,
+                "gridProperties": {"rowCount": 200, "columnCount": 5}}}}]}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    }
+
     async fn tabs(&self, spreadsheet: &str) -> Vec<String> {
         let v = self.read(&format!("/v4/spreadsheets/{spreadsheet}")).await;
         v["sheets"]
@@ -400,6 +431,8 @@ async fn rolls_over_near_the_cell_limit_or_pauses_as_configured() {
     config["cell_limit_margin"] = json!(margin);
     let i = env.integration("sheets", config).await.unwrap();
     let sheet = SheetsTarget::spreadsheet_of(&i);
+    // A tab a crash left between addSheet and the ledger: the rollover adopts it.
+    t.google.add_tab(&sheet, "Responses 2").await;
     let ids: Vec<String> = (0..1100)
         .map(|_| uuid::Uuid::new_v4().to_string())
         .collect();
@@ -417,16 +450,36 @@ async fn rolls_over_near_the_cell_limit_or_pauses_as_configured() {
     .await
     .unwrap();
     assert!(seen.values().all(|(n, _)| *n == 1));
-    let tabs = t.google.tabs(&sheet).await;
+    let mut tabs = t.google.tabs(&sheet).await;
+    tabs.sort();
     assert_eq!(
         tabs,
-        vec!["Sheet1", "Responses", "Responses 2"],
-        "rolled over to a second tab"
+        vec!["Responses", "Responses 2", "Sheet1"],
+        "rolled over to a second tab, the leftover one"
     );
     assert_eq!(
         t.google.values(&sheet, "'Responses 2'!A1:A1").await[0][0],
         "Response ID"
     );
+    // A question added after the rollover: every tab, the older and narrower one too, gets
+    // the header (and the width) it needs; nothing pauses.
+    env.produce_forms(&[env.question(Q1, "Added later", "later", 0, false)])
+        .await
+        .unwrap();
+    let end = tokio::time::Instant::now() + Duration::from_secs(60);
+    for tab in ["Responses", "Responses 2"] {
+        loop {
+            let header = t.google.values(&sheet, &format!("'{tab}'!A1:Z1")).await;
+            if header
+                .first()
+                .is_some_and(|h| h.iter().any(|c| c.as_str() == Some("Added later")))
+            {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < end, "{tab}: {header:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     assert_eq!(w.stop().await, WorkerExit::Stopped);
 
     // on_cell_limit = pause: the integration stops with a reason instead.

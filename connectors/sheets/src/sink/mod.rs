@@ -673,6 +673,34 @@ impl SheetsSink {
         Ok(i64::from(sheet_id))
     }
 
+    /// Writes the header to tab `title`, growing every tab to `width` columns first; a
+    /// refusal reads the spreadsheet again and grows it before the one retry.
+    async fn write_header_to(
+        &mut self,
+        ctx: &SinkContext,
+        title: &str,
+        width: usize,
+    ) -> Result<(), SinkError> {
+        self.grow_for(ctx, &[], width).await?;
+        let header = self.header();
+        match self
+            .write_values(ctx, vec![header_range(title, &header)], &[], false)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(Refusal::Refused(m)) => {
+                tracing::warn!(integration = %ctx.integration_id, tab = title, error = m, "Google refused a header; reading the spreadsheet again");
+                self.refresh(ctx).await?;
+                self.grow_for(ctx, &[], width).await?;
+                self.write_values(ctx, vec![header_range(title, &header)], &[], true)
+                    .await
+                    .map(|_| ())
+                    .map_err(Refusal::into_sink)
+            }
+            Err(Refusal::Sink(e)) => Err(e),
+        }
+    }
+
     /// The sheet id of an existing tab titled `title`, with its grid.
     async fn adopt(&mut self, ctx: &SinkContext, title: &str) -> Result<i64, SinkError> {
         let id = self.spreadsheet.clone();
@@ -861,11 +889,9 @@ impl SheetsSink {
                 tab = title,
                 "cell limit near: rolled over to a new sheet"
             );
-            // The new tab needs its header.
-            let header = self.header();
-            self.write_values(ctx, vec![header_range(&title, &header)], &[], true)
-                .await
-                .map_err(Refusal::into_sink)?;
+            // The new tab needs its header, and the width for it (an adopted tab may be
+            // narrower than the layout).
+            self.write_header_to(ctx, &title, width as usize).await?;
         } else if rows_after > rows || cols_after > cols {
             if rows_after > rows {
                 requests.push(append(last.sheet_id, "ROWS", rows_after - rows));
