@@ -636,3 +636,53 @@ async fn pointing_at_another_spreadsheet_starts_a_fresh_layout_there() {
     );
     assert_eq!(w.stop().await, WorkerExit::Stopped);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_write_that_failed_is_written_again_on_retry() {
+    logs();
+    let env = Env::new().await.unwrap();
+    let t = SheetsTarget {
+        google: Google::start().await,
+    };
+    let i = env.integration("sheets", t.config().await).await.unwrap();
+    let sheet = SheetsTarget::spreadsheet_of(&i);
+    let w = env.start(t.sink(&i), "sheets", &i);
+    let first = uuid::Uuid::new_v4().to_string();
+    env.produce(&[env.response(&first, 1, "before")])
+        .await
+        .unwrap();
+    rows(&t.google, &sheet, 2, &[]).await;
+    // Every write fails (503) while the new question's column is stored and its header
+    // written: the retried batch must write the header it needs, not leave it blank.
+    t.google
+        .faults(json!({"error_rate": 1.0, "error_status": 503}))
+        .await;
+    env.produce_forms(&[env.question(Q2, "Asked later", "later", 0, false)])
+        .await
+        .unwrap();
+    let end = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let stats: Value = t
+            .google
+            .http
+            .get(format!("{}/emulator/stats", t.google.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if stats["injected_errors"].as_u64().unwrap_or(0) >= 2 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < end, "{stats}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    t.google.faults(json!({})).await;
+    let header = rows(&t.google, &sheet, 2, &["name", "Asked later"]).await;
+    assert_eq!(
+        header[0].get(6).and_then(Value::as_str),
+        Some("Asked later")
+    );
+    assert_eq!(w.stop().await, WorkerExit::Stopped);
+}
