@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
-/// A quota: `count` requests per `per`, with bursts up to `count`.
+/// A quota: at most `count` requests in any window of `per` (fixed, as Google's per-minute
+/// quotas are counted, or rolling). Permits are spaced evenly, `per / (count - 1)` apart,
+/// with no burst: a burst allowed by a token bucket of `count` would put up to twice the
+/// quota in one window (the burst, then the refill), which the third party refuses (429).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rate {
     /// Requests allowed per period.
@@ -38,12 +41,15 @@ impl Rate {
         }
     }
 
+    /// The spacing between two permits.
+    pub fn interval(self) -> Duration {
+        (self.per / self.count.saturating_sub(1).max(1)).max(Duration::from_nanos(1))
+    }
+
     fn quota(self) -> Quota {
-        let count = NonZeroU32::new(self.count.max(1)).unwrap_or(NonZeroU32::MIN);
-        let period = self.per / count.get();
-        Quota::with_period(period.max(Duration::from_nanos(1)))
-            .unwrap_or_else(|| Quota::per_second(count))
-            .allow_burst(count)
+        Quota::with_period(self.interval())
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+            .allow_burst(NonZeroU32::MIN)
     }
 }
 
@@ -95,8 +101,10 @@ impl Limiter {
         rate: Rate,
     ) -> Result<Option<Duration>, String> {
         let c = pool.get().await.map_err(|e| e.to_string())?;
-        let interval = (rate.per.as_secs_f64() / f64::from(rate.count.max(1))).max(1e-6);
-        let window = rate.per.as_secs_f64();
+        let interval = rate.interval().as_secs_f64();
+        // No burst (see Rate): a permit is granted once the theoretical arrival time has
+        // come.
+        let window = interval;
         // GCRA: a request conforms when the theoretical arrival time, pushed by one
         // interval, stays within the burst window from now.
         let granted = c
@@ -201,10 +209,8 @@ mod tests {
             count: 3,
             per: Duration::from_millis(300),
         };
-        for _ in 0..3 {
-            l.acquire("a", rate, Duration::ZERO).await.unwrap();
-        }
-        // The burst is spent: "a" waits, "b" does not.
+        l.acquire("a", rate, Duration::ZERO).await.unwrap();
+        // Permits are spaced (150 ms here): "a" waits, "b" does not.
         assert!(
             l.acquire("a", rate, Duration::from_millis(1))
                 .await
@@ -234,31 +240,36 @@ mod shared_tests {
         let (a, b) = (Limiter::shared(pool()), Limiter::shared(pool()));
         let rate = Rate {
             count: 4,
-            per: Duration::from_millis(800),
+            per: Duration::from_millis(900),
         };
-        for i in 0..4 {
-            let l = if i % 2 == 0 { &a } else { &b };
-            l.acquire("google:user", rate, Duration::ZERO)
-                .await
-                .unwrap();
-        }
-        // The burst is spent for both, whoever asks; another key is untouched.
+        a.acquire("google:user", rate, Duration::ZERO)
+            .await
+            .unwrap();
+        // Spent for both, whoever asks; another key is untouched.
         assert!(
-            a.acquire("google:user", rate, Duration::ZERO)
+            b.acquire("google:user", rate, Duration::ZERO)
                 .await
                 .is_err()
         );
         assert!(
-            b.acquire("google:user", rate, Duration::ZERO)
+            a.acquire("google:user", rate, Duration::ZERO)
                 .await
                 .is_err()
         );
         b.acquire("google:other", rate, Duration::ZERO)
             .await
             .unwrap();
-        // The next permit comes one interval (200 ms) later.
-        b.acquire("google:user", rate, Duration::from_secs(2))
-            .await
-            .unwrap();
+        // The next permits come one interval (300 ms) apart: no 900 ms holds more than 4.
+        let t = std::time::Instant::now();
+        for _ in 0..4 {
+            b.acquire("google:user", rate, Duration::from_secs(2))
+                .await
+                .unwrap();
+        }
+        assert!(
+            t.elapsed() >= Duration::from_millis(850),
+            "{:?}",
+            t.elapsed()
+        );
     }
 }
