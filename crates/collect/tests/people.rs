@@ -181,6 +181,55 @@ async fn people_edit_the_sheet_between_the_connectors_writes_and_every_response_
     want.push(submit(&e, "Eve").await);
     wait_rows(&google, &token, &sheet, "Responses", &want).await;
 
+    // A person inserts two empty rows in the middle of the data and deletes another
+    // response's row (Dee's); then Dee's answer is edited and a new response arrives: rows
+    // moved under the connector, which finds every response again by its Response ID.
+    let meta0: Value = reqwest::Client::new()
+        .get(format!("{}/v4/spreadsheets/{sheet}", google.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let gid0 = meta0["sheets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["properties"]["title"] == "Responses")
+        .map(|s| s["properties"]["sheetId"].clone())
+        .unwrap();
+    let v = cells(&google, &token, &sheet, "Responses!A1:J").await;
+    let dee_row = v
+        .iter()
+        .position(|r| r.first().and_then(Value::as_str) == Some(want[3].0.as_str()))
+        .unwrap();
+    person(
+        &google,
+        &token,
+        &sheet,
+        ":batchUpdate",
+        json!({"requests": [
+            {"deleteDimension": {"range": {"sheetId": gid0, "dimension": "ROWS",
+                "startIndex": dee_row, "endIndex": dee_row + 1}}},
+            {"insertDimension": {"range": {"sheetId": gid0, "dimension": "ROWS",
+                "startIndex": 2, "endIndex": 4}, "inheritFromBefore": true}}
+        ]}),
+    )
+    .await;
+    let (s, _) = e
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/v1/forms/{}/responses/{}", e.form_id(), want[3].0),
+            Some(json!({"answers": {"name": "Dee (edited)"}})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    want[3].1 = "Dee (edited)".into();
+    want.push(submit(&e, "Eli").await);
+    wait_rows(&google, &token, &sheet, "Responses", &want).await;
+
     // A person trims the grid to the rows in use plus one, then more responses arrive.
     let meta: Value = reqwest::Client::new()
         .get(format!("{}/v4/spreadsheets/{sheet}", google.base))
