@@ -23,6 +23,18 @@ for part in cdc connect; do
   check "deploy/dev up brings $part back after kill -9" "deploy/dev up >/dev/null 2>&1 && ready $url"
 done
 
+# Postgres's postmaster, killed with kill -9: its lock file names a dead (or unreaped)
+# process, and its orphaned backends may hold the shared memory for a moment.
+pg_port=$(jq -r .database_url "$stack" | sed 's/.*:\([0-9]*\)\/.*/\1/')
+pg_pid=$(ss -ltnpH "sport = :$pg_port" | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -n 1)
+if [ -n "$pg_pid" ]; then
+  kill -9 "$pg_pid"
+  check "deploy/dev up brings postgres back after kill -9 of its postmaster" \
+    "deploy/dev up >/dev/null 2>&1 && deploy/dev status >/dev/null 2>&1"
+else
+  check "postgres is listening" false
+fi
+
 # A zombie: the child exits at once, the parent (this Python) never waits for it.
 python3 -c 'import os, sys, time
 pid = os.fork()
