@@ -211,12 +211,23 @@ async fn a_lease_session_ended_from_postgres_mid_batch_leaves_every_response_in_
         assert!(tokio::time::Instant::now() < deadline, "{per:?}");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    // The worker that took over wrote under a new lease generation.
-    let generation: i64 = sql
-        .query_one("SELECT max(lease_generation) FROM integrations", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert!(generation >= 2, "lease generation {generation}");
+    // The process takes the integration again on a new lease session, under a new lease
+    // generation (within its next polls).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let generation: i64 = sql
+            .query_one("SELECT max(lease_generation) FROM integrations", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if generation >= 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "lease generation still {generation}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     connect.kill9();
 }
