@@ -50,6 +50,26 @@ async fn read(
     serde_json::from_value(r["values"].clone()).unwrap_or_default()
 }
 
+/// The sheet id of the tab titled `title`, from `spreadsheets.get`.
+async fn sheet_id(google: &Google, token: &str, spreadsheet: &str, title: &str) -> Value {
+    let meta: Value = reqwest::Client::new()
+        .get(format!("{}/v4/spreadsheets/{spreadsheet}", google.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    meta["sheets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["properties"]["title"] == title)
+        .map(|s| s["properties"]["sheetId"].clone())
+        .unwrap()
+}
+
 /// A person's edit: a Sheets API POST under `path` (after the spreadsheet id) that must work.
 async fn person(google: &Google, token: &str, spreadsheet: &str, path: &str, body: Value) {
     let r = reqwest::Client::new()
@@ -184,22 +204,7 @@ async fn people_edit_the_sheet_between_the_connectors_writes_and_every_response_
     // A person inserts two empty rows in the middle of the data and deletes another
     // response's row (Dee's); then Dee's answer is edited and a new response arrives: rows
     // moved under the connector, which finds every response again by its Response ID.
-    let meta0: Value = reqwest::Client::new()
-        .get(format!("{}/v4/spreadsheets/{sheet}", google.base))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let gid0 = meta0["sheets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["properties"]["title"] == "Responses")
-        .map(|s| s["properties"]["sheetId"].clone())
-        .unwrap();
+    let gid0 = sheet_id(&google, &token, &sheet, "Responses").await;
     let v = cells(&google, &token, &sheet, "Responses!A1:J").await;
     let dee_row = v
         .iter()
@@ -231,22 +236,7 @@ async fn people_edit_the_sheet_between_the_connectors_writes_and_every_response_
     wait_rows(&google, &token, &sheet, "Responses", &want).await;
 
     // A person trims the grid to the rows in use plus one, then more responses arrive.
-    let meta: Value = reqwest::Client::new()
-        .get(format!("{}/v4/spreadsheets/{sheet}", google.base))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let gid = meta["sheets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["properties"]["title"] == "Responses")
-        .map(|s| s["properties"]["sheetId"].clone())
-        .unwrap();
+    let gid = sheet_id(&google, &token, &sheet, "Responses").await;
     let used = cells(&google, &token, &sheet, "Responses!A1:J").await.len();
     person(
         &google,
