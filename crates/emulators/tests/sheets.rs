@@ -556,6 +556,19 @@ impl Sheet {
         .await
     }
 
+    /// The first tab's `gridProperties`, read through a `fields` mask.
+    async fn grid(&self) -> Value {
+        let (s, v) = self
+            .req(
+                reqwest::Method::GET,
+                "?fields=sheets.properties.gridProperties",
+                None,
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        v["sheets"][0]["properties"]["gridProperties"].clone()
+    }
+
     /// The values of `range` (`[]` when empty).
     async fn values(&self, range: &str) -> Value {
         let (s, v) = self
@@ -1109,17 +1122,7 @@ async fn values_append_finds_the_table_and_grows_the_grid() {
         s.values("T!A1:C9").await,
         json!([["id", "name"], ["r1", "Ann"], ["r2", "Bob"], ["r3", "Cy"]])
     );
-    let (_, got) = s
-        .req(
-            reqwest::Method::GET,
-            "?fields=sheets.properties.gridProperties",
-            None,
-        )
-        .await;
-    assert_eq!(
-        got["sheets"][0]["properties"]["gridProperties"],
-        json!({"rowCount": 4, "columnCount": 3})
-    );
+    assert_eq!(s.grid().await, json!({"rowCount": 4, "columnCount": 3}));
 
     // A range of the header row only still finds the whole table; a note after a blank row is
     // not part of it.
@@ -1158,17 +1161,7 @@ async fn values_append_finds_the_table_and_grows_the_grid() {
     assert_eq!(st, 200, "{r}");
     assert_eq!(r["tableRange"], "U!B2:C3");
     assert_eq!(r["updates"]["updatedRange"], "U!B4:F4");
-    let (_, got) = s2
-        .req(
-            reqwest::Method::GET,
-            "?fields=sheets.properties.gridProperties",
-            None,
-        )
-        .await;
-    assert_eq!(
-        got["sheets"][0]["properties"]["gridProperties"],
-        json!({"rowCount": 5, "columnCount": 6})
-    );
+    assert_eq!(s2.grid().await, json!({"rowCount": 5, "columnCount": 6}));
     // An empty sheet: the range's first cell.
     let (s3, _) = Sheet::create("V", 2, 2).await;
     let (st, r) = s3
