@@ -216,6 +216,30 @@ async fn messages(p: &Provider, account: &str, n: usize) -> Vec<Value> {
     }
 }
 
+/// Waits until `n` of the integration's ledger entries are `sent` (reconciled or sent).
+async fn wait_sent(env: &Env, i: &Integration, n: i64) {
+    let c = env.pool.get().await.unwrap();
+    let end = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let sent: i64 = c
+            .query_one(
+                "SELECT count(*) FROM sms_ledger WHERE integration_id = $1 AND state = 'sent'",
+                &[&i.id],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if sent == n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "{sent} of {n} reconciled"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn per_response(ms: &[Value]) -> HashMap<String, usize> {
     let mut out = HashMap::new();
     for m in ms {
@@ -258,23 +282,7 @@ async fn ambiguous_sends_are_reconciled_never_duplicated() {
     let ms = messages(&t.provider, &account, 5).await;
     assert_eq!(ms[0]["to"], "+4791234567", "normalised to E.164");
     // Let the reconciliation run, then check nothing was sent twice.
-    let c = env.pool.get().await.unwrap();
-    let end = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let sent: i64 = c
-            .query_one(
-                "SELECT count(*) FROM sms_ledger WHERE integration_id = $1 AND state = 'sent'",
-                &[&i.id],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if sent == 5 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < end, "{sent} of 5 reconciled");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_sent(&env, &i, 5).await;
     let counts = per_response(&t.provider.messages(&account).await);
     assert!(
         ids.iter().all(|id| counts.get(id) == Some(&1)),
@@ -299,6 +307,7 @@ async fn ambiguous_sends_are_reconciled_never_duplicated() {
     )
     .await
     .unwrap();
+    let c = env.pool.get().await.unwrap();
     let end = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let ambiguous: i64 = c
@@ -484,23 +493,7 @@ async fn reconciliation_trusts_the_providers_clock_and_looks_more_than_once() {
     .await
     .unwrap();
     let _w = env.start(sink_of(&i), "sms", &i);
-    let c = env.pool.get().await.unwrap();
-    let end = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let sent: i64 = c
-            .query_one(
-                "SELECT count(*) FROM sms_ledger WHERE integration_id = $1 AND state = 'sent'",
-                &[&i.id],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if sent == 3 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < end, "{sent} of 3 reconciled");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_sent(&env, &i, 3).await;
     let counts = per_response(&t.provider.messages(&account).await);
     assert!(
         ids.iter().all(|id| counts.get(id) == Some(&1)),
