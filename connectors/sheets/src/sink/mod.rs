@@ -283,33 +283,18 @@ impl Sink for SheetsSink {
                 )),
                 other => to_sink(other),
             })?;
-        let mut by_title: HashMap<String, i64> = HashMap::new();
-        self.grids.clear();
-        for s in sheet.sheets.unwrap_or_default() {
-            let Some(p) = s.properties else { continue };
-            let (Some(sid), Some(title)) = (p.sheet_id, p.title) else {
-                continue;
-            };
-            let g = p.grid_properties.unwrap_or_default();
-            self.grids.insert(
-                i64::from(sid),
-                (
-                    g.row_count.unwrap_or(0) as u32,
-                    g.column_count.unwrap_or(0) as u32,
-                ),
-            );
-            by_title.insert(title, i64::from(sid));
-        }
+        let mut titles = self.take_properties(sheet);
         let (mut tabs, columns) = state.load().await?;
         if tabs.is_empty() {
             let title = self.config.sheet_title.clone();
-            let sheet_id = match by_title.get(&title) {
-                Some(id) => *id,
+            let existing = titles.iter().find(|(_, t)| **t == title).map(|(id, _)| *id);
+            let sheet_id = match existing {
+                Some(id) => id,
                 None => {
                     let added = self
                         .add_sheet(ctx, &title, 1000, self.width().max(26) as u32)
                         .await?;
-                    by_title.insert(title.clone(), added);
+                    titles.insert(added, title.clone());
                     added
                 }
             };
@@ -322,24 +307,7 @@ impl Sink for SheetsSink {
             state.reserve(ctx.lease_generation, &tabs, &[], &[]).await?;
         }
         // Tabs are followed by their sheet id: a renamed tab keeps its rows.
-        let by_id: HashMap<i64, String> = by_title.iter().map(|(t, i)| (*i, t.clone())).collect();
-        for t in &mut tabs {
-            match by_id.get(&t.sheet_id) {
-                Some(title) if *title != t.title => {
-                    tracing::warn!(integration = %ctx.integration_id, from = t.title, to = title, "a person renamed the tab; following it");
-                    state.retitle(t.index, title).await?;
-                    t.title = title.clone();
-                }
-                Some(_) => {}
-                None => {
-                    return Err(SinkError::fatal(format!(
-                        "the tab '{}' (sheet id {}) was deleted from spreadsheet {id}; \
-                         re-point the integration to refill a spreadsheet",
-                        t.title, t.sheet_id
-                    )));
-                }
-            }
-        }
+        rows::follow_tabs(ctx, &state, &mut tabs, &titles, &id).await?;
         self.tabs = tabs;
         self.columns = columns;
         self.state = Some(state);

@@ -12,14 +12,14 @@
 use std::collections::{BTreeMap, HashMap};
 
 use collect_connect::{SinkContext, SinkError};
-use google_sheets4::api::ValueRange;
+use google_sheets4::api::{Spreadsheet, ValueRange};
 use serde_json::Value;
 use uuid::Uuid;
 
 use super::{SheetsSink, to_sink};
 use crate::layout::column_letters;
 use crate::service::CallError;
-use crate::state::RowAt;
+use crate::state::{RowAt, State, Tab};
 
 /// Most ranges of one `values.batchGet`; past it a tab's whole Response ID column is read.
 const MAX_RANGES: usize = 100;
@@ -381,7 +381,15 @@ impl SheetsSink {
             })
             .await
             .map_err(to_sink)?;
-        let mut titles: HashMap<i64, String> = HashMap::new();
+        let titles = self.take_properties(sheet);
+        let state = crate::state::State::new(ctx.db.clone(), ctx.integration_id);
+        follow_tabs(ctx, &state, &mut self.tabs, &titles, &self.spreadsheet).await
+    }
+
+    /// Records every grid's size from a `spreadsheets.get` answer (replacing what was
+    /// recorded) and returns each sheet's title by its sheet id.
+    pub(super) fn take_properties(&mut self, sheet: Spreadsheet) -> HashMap<i64, String> {
+        let mut titles = HashMap::new();
         self.grids.clear();
         for s in sheet.sheets.unwrap_or_default() {
             let Some(p) = s.properties else { continue };
@@ -398,26 +406,37 @@ impl SheetsSink {
             );
             titles.insert(i64::from(sid), title);
         }
-        let state = crate::state::State::new(ctx.db.clone(), ctx.integration_id);
-        for t in &mut self.tabs {
-            match titles.get(&t.sheet_id) {
-                Some(title) if *title != t.title => {
-                    tracing::warn!(integration = %ctx.integration_id, from = t.title, to = title, "a person renamed the tab; following it");
-                    state.retitle(t.index, title).await?;
-                    t.title = title.clone();
-                }
-                Some(_) => {}
-                None => {
-                    return Err(SinkError::fatal(format!(
-                        "the tab '{}' (sheet id {}) was deleted from spreadsheet {}; \
-                         re-point the integration to refill a spreadsheet",
-                        t.title, t.sheet_id, self.spreadsheet
-                    )));
-                }
+        titles
+    }
+}
+
+/// Follows each of our tabs by its sheet id to its title in `titles` (a person may have
+/// renamed it; the new title is stored). A tab that is gone is fatal with the reason.
+pub(super) async fn follow_tabs(
+    ctx: &SinkContext,
+    state: &State,
+    tabs: &mut [Tab],
+    titles: &HashMap<i64, String>,
+    spreadsheet: &str,
+) -> Result<(), SinkError> {
+    for t in tabs {
+        match titles.get(&t.sheet_id) {
+            Some(title) if *title != t.title => {
+                tracing::warn!(integration = %ctx.integration_id, from = t.title, to = title, "a person renamed the tab; following it");
+                state.retitle(t.index, title).await?;
+                t.title = title.clone();
+            }
+            Some(_) => {}
+            None => {
+                return Err(SinkError::fatal(format!(
+                    "the tab '{}' (sheet id {}) was deleted from spreadsheet {spreadsheet}; \
+                     re-point the integration to refill a spreadsheet",
+                    t.title, t.sheet_id
+                )));
             }
         }
-        Ok(())
     }
+    Ok(())
 }
 
 #[cfg(test)]
