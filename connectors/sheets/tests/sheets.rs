@@ -686,3 +686,66 @@ async fn a_header_write_that_failed_is_written_again_on_retry() {
     );
     assert_eq!(w.stop().await, WorkerExit::Stopped);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_tab_pauses_the_integration_with_the_reason_and_is_not_written_elsewhere() {
+    logs();
+    let env = Env::new().await.unwrap();
+    let t = SheetsTarget {
+        google: Google::start().await,
+    };
+    let i = env.integration("sheets", t.config().await).await.unwrap();
+    let sheet = SheetsTarget::spreadsheet_of(&i);
+    let w = env.start(t.sink(&i), "sheets", &i);
+    let first = uuid::Uuid::new_v4().to_string();
+    env.produce(&[env.response(&first, 1, "before")])
+        .await
+        .unwrap();
+    rows(&t.google, &sheet, 2, &[]).await;
+    // A person deletes the connector's tab; the next response has nowhere to go.
+    let meta = t.google.read(&format!("/v4/spreadsheets/{sheet}")).await;
+    let gid = meta["sheets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["properties"]["title"] == "Responses")
+        .map(|s| s["properties"]["sheetId"].clone())
+        .unwrap();
+    let r = t
+        .google
+        .http
+        .post(format!(
+            "{}/v4/spreadsheets/{sheet}:batchUpdate",
+            t.google.base
+        ))
+        .bearer_auth(&t.google.reader)
+        .json(&json!({"requests": [{"deleteSheet": {"sheetId": gid}}]}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let tabs_after_delete = t.google.tabs(&sheet).await;
+    env.produce(&[env.response(&uuid::Uuid::new_v4().to_string(), 1, "after")])
+        .await
+        .unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(60), w.handle)
+        .await
+        .unwrap()
+        .unwrap();
+    let WorkerExit::Paused(reason) = exit else {
+        panic!("expected a pause, got {exit:?}")
+    };
+    assert!(
+        reason.contains("was deleted") && reason.contains(&sheet),
+        "{reason}"
+    );
+    // Nothing was written elsewhere: the tab is not recreated and the other tabs are empty.
+    assert_eq!(t.google.tabs(&sheet).await, tabs_after_delete);
+    for tab in tabs_after_delete {
+        assert_eq!(
+            t.google.values(&sheet, &format!("'{tab}'!A1:Z")).await,
+            Vec::<Vec<Value>>::new(),
+            "{tab}"
+        );
+    }
+}
