@@ -62,10 +62,11 @@ impl Service {
         path: &str,
         body: Option<&B>,
     ) -> Result<R, CallError> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(token);
+        let mut req = collect_telemetry::inject(
+            self.http
+                .request(method, format!("{}{path}", self.base))
+                .bearer_auth(token),
+        );
         if let Some(b) = body {
             // As Google's own client libraries do: unset fields are left out, not sent as null.
             let mut v = serde_json::to_value(b)

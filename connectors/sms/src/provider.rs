@@ -119,13 +119,14 @@ impl Provider for Twilio {
         if let Some(cb) = &m.status_callback {
             form.push(("StatusCallback", cb.as_str()));
         }
-        let resp = match self
-            .http
-            .post(self.messages_url())
-            .basic_auth(&self.account, Some(&self.token))
-            .form(&form)
-            .send()
-            .await
+        let resp = match collect_telemetry::inject(
+            self.http
+                .post(self.messages_url())
+                .basic_auth(&self.account, Some(&self.token))
+                .form(&form),
+        )
+        .send()
+        .await
         {
             Ok(r) => r,
             // Not connected: the request never left.
@@ -192,13 +193,14 @@ impl Provider for Twilio {
         for page_no in 0..MAX_PAGES {
             let mut older = false;
             let asked = Utc::now();
-            let resp = self
-                .http
-                .get(&url)
-                .basic_auth(&self.account, Some(&self.token))
-                .send()
-                .await
-                .map_err(|e| format!("listing messages: {e}"))?;
+            let resp = collect_telemetry::inject(
+                self.http
+                    .get(&url)
+                    .basic_auth(&self.account, Some(&self.token)),
+            )
+            .send()
+            .await
+            .map_err(|e| format!("listing messages: {e}"))?;
             if page_no == 0 {
                 // The provider's clock decides: `since` moves by how far its clock is from
                 // ours (its Date header against our clock halfway through the call).

@@ -85,8 +85,55 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             metrics::track,
         ))
-        .layer(TraceLayer::new_for_http())
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_response(on_response),
+        )
         .with_state(state)
+}
+
+/// The span of one request, named and attributed by OpenTelemetry's HTTP server conventions
+/// (`{method} {route}`, kind server), continuing the caller's W3C `traceparent` if it sent
+/// one. The responses it writes store this span's context (`responses.trace_context`).
+fn request_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |p| p.as_str());
+    let method = req.method().as_str();
+    let span = tracing::info_span!(
+        "HTTP request",
+        otel.name = format!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = method,
+        http.route = route,
+        url.path = req.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+    );
+    if collect_telemetry::enabled() {
+        use collect_telemetry::SpanExt as _;
+        let _ = span.set_parent(collect_telemetry::from_headers(req.headers()));
+    }
+    span
+}
+
+fn on_response<B>(
+    res: &axum::http::Response<B>,
+    latency: std::time::Duration,
+    span: &tracing::Span,
+) {
+    let status = res.status().as_u16();
+    span.record("http.response.status_code", status);
+    if status >= 500 {
+        span.record("otel.status_code", "error");
+    }
+    tracing::debug!(
+        status,
+        latency_ms = latency.as_millis() as u64,
+        "request answered"
+    );
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then finishes in-flight requests.

@@ -369,7 +369,14 @@ impl Output {
             payload: payload.map_err(|e| format!("avro encoding failed: {e}"))?,
             headers: Vec::new(),
         };
+        self.check_size(&record)?;
+        Ok(record)
+    }
+
+    /// Refuses a record larger than its topic takes (`max.message.bytes`), with the reason.
+    pub fn check_size(&self, record: &OutRecord) -> Result<(), String> {
         let size = record.size();
+        let topic = &record.topic;
         let limit = self
             .limits
             .get(topic)
@@ -380,7 +387,7 @@ impl Output {
                 "the event is {size} bytes; topic {topic} takes at most {limit} (max.message.bytes)"
             ));
         }
-        Ok(record)
+        Ok(())
     }
 
     /// A dead-letter record: the raw change as JSON, the reason in headers.

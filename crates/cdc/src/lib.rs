@@ -17,6 +17,9 @@ pub mod metrics;
 pub mod row;
 mod session;
 mod snapshot;
+mod trace;
+
+use collect_telemetry::opentelemetry::trace::SpanContext;
 
 pub use snapshot::snapshot_form;
 pub mod tracker;
@@ -131,7 +134,9 @@ impl Config {
     }
 }
 
-/// The record of a row change: its event, or a dead letter if it cannot be one.
+/// The record of a row change: its event (with the `traceparent` header of the request that
+/// wrote the row, and the context of its `create` span when traced), or a dead letter if it
+/// cannot be one.
 pub(crate) fn record_for(
     out: &Output,
     row: &Row<'_>,
@@ -139,7 +144,7 @@ pub(crate) fn record_for(
     pos: Position,
     built: Result<Option<Event>, RowError>,
     metrics: &Metrics,
-) -> Option<OutRecord> {
+) -> Option<(OutRecord, Option<SpanContext>)> {
     let op = match kind {
         ChangeKind::Insert => "insert",
         ChangeKind::Update => "update",
@@ -150,21 +155,31 @@ pub(crate) fn record_for(
     let failure = match built {
         Ok(None) => return None,
         Ok(Some(event)) => match out.encode(&event) {
-            Ok(record) => return Some(record),
+            Ok(mut record) => {
+                let stored = row.text("trace_context").ok().flatten();
+                let link = trace::stamp(&mut record, stored);
+                match out.check_size(&record) {
+                    Ok(()) => return Some((record, link)),
+                    Err(reason) => reason,
+                }
+            }
             Err(reason) => reason,
         },
         Err(e) => e.to_string(),
     };
     tracing::error!(table = row.table(), op, lsn = %pos.commit_lsn, reason = %failure, "change sent to the dead-letter topic");
-    Some(dead_letter(
-        out,
-        row.table(),
-        op,
-        pos,
-        form_id.as_deref(),
-        &failure,
-        row.to_json(),
-        metrics,
+    Some((
+        dead_letter(
+            out,
+            row.table(),
+            op,
+            pos,
+            form_id.as_deref(),
+            &failure,
+            row.to_json(),
+            metrics,
+        ),
+        None,
     ))
 }
 

@@ -15,6 +15,7 @@ use crate::kafka::{Ack, OutRecord, Output, SendRefused};
 use crate::leader::Lease;
 use crate::metrics::Metrics;
 use crate::row::{Relations, Row};
+use crate::trace::TxTrace;
 use crate::tracker::{Confirmed, Tracker};
 use crate::{CdcError, Config, HEARTBEAT_PREFIX, dead_letter, record_for};
 
@@ -34,6 +35,8 @@ struct Tx {
     xid: u32,
     ordinal: u32,
     span: tracing::Span,
+    /// The transaction's `send` span, when traced.
+    trace: Option<TxTrace>,
     /// Tables this transaction truncated (published TRUNCATE messages, and the
     /// `collect.truncate` messages of the trigger on every responses partition).
     truncated: Vec<String>,
@@ -292,6 +295,7 @@ impl<'a> Session<'a> {
                     xid,
                     ordinal: 0,
                     span,
+                    trace: TxTrace::begin(),
                     truncated: Vec::new(),
                 });
             }
@@ -307,6 +311,9 @@ impl<'a> Session<'a> {
                 tx.span.in_scope(
                     || tracing::debug!(changes = tx.ordinal, %end_lsn, "transaction read"),
                 );
+                if let Some(t) = tx.trace {
+                    t.commit(tx.xid, tx.commit_lsn);
+                }
                 let done = self.tracker.commit(tx.seq, end_lsn);
                 self.confirmed(&done);
             }
@@ -447,7 +454,10 @@ impl<'a> Session<'a> {
             let built = assemble(&row, kind, pos, was_deleted);
             record_for(&self.out, &row, kind, pos, built, self.metrics)
         };
-        if let Some(record) = record {
+        if let Some((record, link)) = record {
+            if let Some(t) = self.tx()?.trace.as_mut() {
+                t.record(link);
+            }
             self.send(record, seq).await?;
         }
         Ok(())

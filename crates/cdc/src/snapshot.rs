@@ -395,7 +395,8 @@ async fn emit(
             .collect();
         let row = Row::new(relation, &tuple, None);
         let built = assemble(&row, ChangeKind::Snapshot, pos, None);
-        if let Some(record) = record_for(out, &row, ChangeKind::Snapshot, pos, built, metrics) {
+        if let Some((record, _)) = record_for(out, &row, ChangeKind::Snapshot, pos, built, metrics)
+        {
             send(out, acks, &record, &mut outstanding, metrics).await?;
         }
     }

@@ -1,12 +1,12 @@
 //! TLS to Postgres on every connection, the replication connection included: a Postgres with
-//! `ssl=on` and a certificate signed by a CA the test makes (openssl), and the reader, the
+//! `ssl=on` and a certificate signed by a CA the test makes (openssl, `collect_testkit::tls`), and the reader, the
 //! registry and the API pointed at it with `sslmode=require|verify-ca|verify-full`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use collect_cdc::client::{ConnectParams, ReplicationClient};
@@ -14,86 +14,10 @@ use collect_testkit::{PgCluster, PgOptions};
 use common::{Stack, ids};
 use serde_json::json;
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA, a server certificate for 127.0.0.1 signed by it, and a second CA that signed
-/// nothing; the server's files readable by the postgres user only.
-fn certificates() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::Builder::new()
-        .prefix("collect-tls")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let d = dir.path();
-    for ca in ["ca", "other"] {
-        openssl(
-            d,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                &format!("{ca}.key"),
-                "-out",
-                &format!("{ca}.pem"),
-                "-days",
-                "2",
-                "-subj",
-                &format!("/CN=collect test {ca}"),
-            ],
-        );
-    }
-    openssl(
-        d,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-    );
-    std::fs::write(d.join("ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    openssl(
-        d,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.crt",
-            "-days",
-            "2",
-            "-extfile",
-            "ext",
-        ],
-    );
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(d.join("server.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+/// The test certificates (testkit), the server's files owned by the postgres user.
+fn certificates() -> (collect_testkit::tls::Certificates, PathBuf) {
+    let certs = collect_testkit::tls::certificates().unwrap();
+    let d = certs.dir().to_path_buf();
     if unsafe_is_root() {
         for f in ["server.key", "server.crt"] {
             let out = Command::new("chown")
@@ -103,8 +27,7 @@ fn certificates() -> (tempfile::TempDir, PathBuf) {
             assert!(out.status.success());
         }
     }
-    let path = d.to_path_buf();
-    (dir, path)
+    (certs, d)
 }
 
 fn unsafe_is_root() -> bool {

@@ -5,7 +5,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 
-use crate::{Db, Pipeline, parse_key_value, shutdown_signal};
+use crate::kafka_options::KafkaOptions;
+use crate::{Db, Pipeline, shutdown_signal};
 
 /// Options of `collect cdc`.
 #[derive(clap::Args)]
@@ -56,9 +57,8 @@ pub struct CdcArgs {
     /// of the topics the reader creates. Larger events become bounded dead letters.
     #[arg(long, env = "COLLECT_KAFKA_MAX_MESSAGE_BYTES", default_value_t = collect_cdc::kafka::DEFAULT_MAX_MESSAGE_BYTES)]
     max_message_bytes: usize,
-    /// Extra librdkafka setting, KEY=VALUE (repeatable), e.g. security.protocol=SASL_SSL.
-    #[arg(long = "kafka-option", value_parser = parse_key_value)]
-    kafka_options: Vec<(String, String)>,
+    #[command(flatten)]
+    kafka: KafkaOptions,
     /// When the slot is found invalidated (wal_status = 'lost') or dropped: `resnapshot`
     /// (a new slot and a fresh consistent snapshot; sinks keep the newest revision) or
     /// `stop` (report it and exit).
@@ -91,7 +91,7 @@ pub async fn run(a: CdcArgs) -> Result<()> {
             max_queued: a.max_queued,
             compression: a.compression,
             max_message_bytes: a.max_message_bytes,
-            extra: a.kafka_options,
+            extra: a.kafka.resolve()?,
         },
         heartbeat: (a.heartbeat_secs > 0).then(|| Duration::from_secs(a.heartbeat_secs)),
         status_interval: Duration::from_millis(a.status_interval_ms.max(10)),

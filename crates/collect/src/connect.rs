@@ -20,8 +20,9 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use uuid::Uuid;
 
+use crate::kafka_options::KafkaOptions;
 use crate::kinds::Installed;
-use crate::{Db, Pipeline, parse_key_value, shutdown_signal, store};
+use crate::{Db, Pipeline, shutdown_signal, store};
 
 /// Options of `collect connect`.
 #[derive(clap::Args)]
@@ -59,9 +60,8 @@ pub struct ConnectArgs {
     /// Longest wait for a batch to fill, in milliseconds.
     #[arg(long, default_value_t = 500)]
     batch_max_wait_ms: u64,
-    /// Extra librdkafka consumer setting, KEY=VALUE (repeatable).
-    #[arg(long = "kafka-option", value_parser = parse_key_value)]
-    kafka_options: Vec<(String, String)>,
+    #[command(flatten)]
+    kafka: KafkaOptions,
     /// Keep rate limits in this process only, instead of sharing them through Postgres with
     /// the other `collect connect` processes (which is right whenever two processes may
     /// write for the same Google user or SMS sender).
@@ -232,7 +232,8 @@ pub async fn run(a: ConnectArgs) -> Result<()> {
         .await
         .context("the database is not ready for this version")?;
     let pool = store.pool().clone();
-    collect_connect::dlq::ensure_topic(&a.pipeline.brokers, &a.dead_letter_topic, &a.kafka_options)
+    let kafka_options = a.kafka.resolve()?;
+    collect_connect::dlq::ensure_topic(&a.pipeline.brokers, &a.dead_letter_topic, &kafka_options)
         .await
         .map_err(anyhow::Error::msg)?;
     let mut settings = Settings::new(
@@ -244,16 +245,12 @@ pub async fn run(a: ConnectArgs) -> Result<()> {
     settings.batch_max_events = a.batch_max_events.max(1);
     settings.batch_ceiling_events = a.batch_ceiling_events.max(1);
     settings.batch_max_wait = Duration::from_millis(a.batch_max_wait_ms);
-    settings.consumer_options = a.kafka_options.clone();
+    settings.consumer_options = kafka_options.clone();
     let metrics = Metrics::new();
     let shared = Shared {
         settings: Arc::new(settings),
         decoder: Arc::new(Decoder::new(&a.pipeline.registry_url)),
-        dead_letters: DeadLetters::new(
-            &a.pipeline.brokers,
-            &a.dead_letter_topic,
-            &a.kafka_options,
-        )?,
+        dead_letters: DeadLetters::new(&a.pipeline.brokers, &a.dead_letter_topic, &kafka_options)?,
         metrics: metrics.clone(),
         // Third parties count quotas per user, project or sender, whatever process calls:
         // the limits are kept in Postgres, shared by every `collect connect`.

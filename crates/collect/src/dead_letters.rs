@@ -20,9 +20,10 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::kafka_options::KafkaOptions;
 use crate::kinds::Installed;
 use crate::ops::{consumer, watermarks};
-use crate::{Db, parse_key_value, store};
+use crate::{Db, store};
 
 /// Where the dead letters are.
 #[derive(clap::Args)]
@@ -37,9 +38,8 @@ pub struct Source {
         default_value = "collect.connect.dlq"
     )]
     topic: String,
-    /// Extra librdkafka setting, KEY=VALUE (repeatable).
-    #[arg(long = "kafka-option", value_parser = parse_key_value)]
-    kafka_options: Vec<(String, String)>,
+    #[command(flatten)]
+    kafka: KafkaOptions,
     /// Only the dead letters of this integration.
     #[arg(long)]
     integration: Option<Uuid>,
@@ -150,7 +150,7 @@ impl Letter {
 fn read(s: &Source, keep: impl Fn(&Letter) -> bool) -> Result<Vec<Letter>> {
     let consumer = consumer(
         &s.brokers,
-        &s.kafka_options,
+        &s.kafka.resolve()?,
         Some("collect.dead-letters.reader"),
     )?;
     let marks = watermarks(&consumer, &s.topic)?;

@@ -36,6 +36,7 @@ mod cdc;
 mod connect;
 mod dead_letters;
 mod emulate;
+mod kafka_options;
 mod kinds;
 mod ops;
 
@@ -147,16 +148,6 @@ enum Command {
     },
 }
 
-pub(crate) fn parse_key_value(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s
-        .split_once('=')
-        .ok_or_else(|| format!("'{s}' is not KEY=VALUE"))?;
-    if k.trim().is_empty() {
-        return Err(format!("'{s}' has an empty key"));
-    }
-    Ok((k.trim().to_string(), v.to_string()))
-}
-
 #[derive(Subcommand)]
 enum OrgCommand {
     /// Create an organization; prints {"org_id", "api_key"} as JSON.
@@ -169,15 +160,17 @@ enum OrgCommand {
     },
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+impl Command {
+    /// The OpenTelemetry service name of the process (unless `OTEL_SERVICE_NAME` says).
+    fn service_name(&self) -> &'static str {
+        match self {
+            Command::Api { .. } => "collect-api",
+            Command::Registry { .. } => "collect-registry",
+            Command::Cdc(_) => "collect-cdc",
+            Command::Connect(_) => "collect-connect",
+            Command::Emulate { .. } => "collect-emulator",
+            _ => "collect-cli",
+        }
     }
 }
 
@@ -298,12 +291,25 @@ async fn run(cli: Cli) -> Result<()> {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
-    match run(cli).await {
+    let format = match cli.log_format {
+        LogFormat::Text => collect_telemetry::LogFormat::Text,
+        LogFormat::Json => collect_telemetry::LogFormat::Json,
+    };
+    let telemetry = match collect_telemetry::init(cli.command.service_name(), format) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: telemetry: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let code = match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
-    }
+    };
+    // Export the spans still queued before the process ends.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    code
 }

@@ -13,7 +13,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::{Db, parse_key_value, store};
+use crate::kafka_options::KafkaOptions;
+use crate::{Db, store};
 
 /// Where the events are (no registry needed).
 #[derive(clap::Args)]
@@ -31,9 +32,8 @@ pub struct Topics {
     /// Topic of form events.
     #[arg(long, env = "COLLECT_FORMS_TOPIC", default_value = "collect.forms")]
     forms_topic: String,
-    /// Extra librdkafka setting, KEY=VALUE (repeatable).
-    #[arg(long = "kafka-option", value_parser = parse_key_value)]
-    kafka_options: Vec<(String, String)>,
+    #[command(flatten)]
+    kafka: KafkaOptions,
 }
 
 /// Options of `collect status`.
@@ -87,9 +87,8 @@ pub struct SnapshotArgs {
     /// Largest record in bytes (as the reader's `--max-message-bytes`).
     #[arg(long, env = "COLLECT_KAFKA_MAX_MESSAGE_BYTES", default_value_t = collect_cdc::kafka::DEFAULT_MAX_MESSAGE_BYTES)]
     max_message_bytes: usize,
-    /// Extra librdkafka producer setting, KEY=VALUE (repeatable).
-    #[arg(long = "kafka-option", value_parser = parse_key_value)]
-    kafka_options: Vec<(String, String)>,
+    #[command(flatten)]
+    kafka: KafkaOptions,
 }
 
 /// `collect snapshot --form F`: the form's current responses, re-emitted from Postgres.
@@ -108,7 +107,7 @@ pub async fn snapshot(a: SnapshotArgs) -> Result<()> {
         max_queued: 100_000,
         compression: a.compression.clone(),
         max_message_bytes: a.max_message_bytes,
-        extra: a.kafka_options.clone(),
+        extra: a.kafka.resolve()?,
     };
     let started = Instant::now();
     let tty = std::io::stderr().is_terminal();
@@ -264,7 +263,7 @@ impl HeldLease {
 fn positions(t: &Topics, i: &Integration) -> Result<Positions> {
     Positions::new(
         &t.brokers,
-        &t.kafka_options,
+        &t.kafka.resolve()?,
         &[&t.responses_topic, &t.forms_topic],
         i.id,
         i.form_id,
@@ -402,7 +401,7 @@ pub async fn status(a: StatusArgs) -> Result<()> {
     }
     let (brokers, options, topics) = (
         a.topics.brokers.clone(),
-        a.topics.kafka_options.clone(),
+        a.topics.kafka.resolve()?,
         a.dead_letter_topics.clone(),
     );
     let dead =

@@ -10,8 +10,6 @@ use std::time::Duration;
 
 use collect_testkit::Broker;
 use common::{Env, Proc, env, metric, reader};
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use serde_json::json;
 
@@ -51,19 +49,7 @@ fn load(e: &Env, n: usize, gap: Duration) -> tokio::task::JoinHandle<BTreeSet<St
 
 /// Response ids in the topic, read from the beginning until `want` are all there.
 async fn wait_for_all(brokers: &str, topic: &str, want: &BTreeSet<String>) {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("check-{}", uuid::Uuid::new_v4()))
-        .set("enable.auto.commit", "false")
-        .set("session.timeout.ms", "6000")
-        .create()
-        .unwrap();
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    for p in 0..3 {
-        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
+    let consumer = common::from_beginning(brokers, topic, &[]);
     let schema = apache_avro::Schema::parse_str(collect_events::RESPONSE_EVENT_SCHEMA).unwrap();
     let mut seen = BTreeSet::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(180);

@@ -32,17 +32,7 @@ async fn every_response_is_one_row_through_kill_9_storms_and_question_changes() 
     cdc.wait("/status", |v| v["state"] == "streaming").await;
     let mut connect = connector(&e, &brokers);
     connect.wait("/readyz", |_| true).await;
-    let created: Value = e
-        .http
-        .post(format!("{}/v1/integrations", connect.url()))
-        .bearer_auth(&e.key)
-        .json(&google.integration(&e, &gs))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created = e.attach(&connect, &google.integration(&e, &gs)).await;
     let integration = created["id"]
         .as_str()
         .expect("integration created")
@@ -242,15 +232,7 @@ async fn one_row_and_one_sms_per_response_through_kill_9_and_provider_faults() {
                             "auth_token": texts.account["auth_token"]}
         }),
     ] {
-        let r = e
-            .http
-            .post(format!("{}/v1/integrations", connect.url()))
-            .bearer_auth(&e.key)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap());
+        e.attach(&connect, &body).await;
     }
 
     // Responses while both providers misbehave and the connector is killed twice: the SMS

@@ -20,6 +20,7 @@ pub mod retry;
 pub mod sink;
 pub mod store;
 pub mod supervisor;
+mod trace;
 pub mod worker;
 
 pub use futures::future::BoxFuture;

@@ -13,10 +13,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use collect_events::partition_for;
+use collect_telemetry::opentelemetry::global::BoxedSpan;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::watch;
+use tracing::Instrument as _;
 
 use crate::decode::{DecodeError, Decoder, Stream};
 use crate::dlq::{DeadLetter, DeadLetters};
@@ -25,6 +27,7 @@ use crate::metrics::Metrics;
 use crate::retry::RetryPolicy;
 use crate::sink::{Delivery, Sink, SinkContext, SinkError, SinkEvent};
 use crate::store::Integration;
+use crate::trace;
 
 /// Settings shared by every worker of a process.
 #[derive(Debug, Clone)]
@@ -130,6 +133,8 @@ struct Read {
     delivery: Delivery,
     key: Option<Vec<u8>>,
     value: Vec<u8>,
+    /// The record's `process` span, when traced (ended when the batch is done).
+    span: Option<BoxedSpan>,
 }
 
 /// Runs the worker of one integration until it is stopped or paused.
@@ -237,10 +242,11 @@ async fn work<S: Sink>(
         stop: job.stop.clone(),
     };
 
+    let group = format!("collect.integration.{id}");
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &settings.brokers)
-        .set("group.id", format!("collect.integration.{id}"))
+        .set("group.id", &group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
@@ -367,6 +373,7 @@ async fn work<S: Sink>(
             let (partition, offset) = (msg.partition(), msg.offset());
             let value = msg.payload().unwrap_or_default().to_vec();
             let key = msg.key().map(<[u8]>::to_vec);
+            let traceparent = trace::traceparent(&msg);
             drop(msg);
             match job
                 .shared
@@ -379,6 +386,16 @@ async fn work<S: Sink>(
                 Ok(event) if form_of(&event) == form_id && !before(&event, start) => {
                     bytes += value.len();
                     first.get_or_insert_with(Instant::now);
+                    let span = trace::process(
+                        traceparent.as_deref(),
+                        &trace::Source {
+                            topic: &topic,
+                            partition,
+                            offset,
+                            group: &group,
+                            key: key.as_deref(),
+                        },
+                    );
                     batch.push(Read {
                         delivery: Delivery {
                             event,
@@ -389,6 +406,7 @@ async fn work<S: Sink>(
                         },
                         key,
                         value,
+                        span,
                     });
                 }
                 Ok(_) => {}
@@ -432,16 +450,29 @@ async fn work<S: Sink>(
             let mut attempt = 0;
             let outcome = loop {
                 age.set(seconds_since(oldest));
-                match sink.write(&deliveries, &ctx).await {
-                    Ok(o) => break o,
-                    Err(SinkError::Fatal { message }) => return Ok(WorkerExit::Paused(message)),
+                let span = trace::batch(
+                    kind,
+                    &id,
+                    deliveries.len(),
+                    batch.iter().filter_map(|r| r.span.as_ref()),
+                );
+                match sink.write(&deliveries, &ctx).instrument(span.clone()).await {
+                    Ok(o) => {
+                        span.in_scope(|| tracing::debug!(integration = %id, events = deliveries.len(), rejected = o.rejected.len(), "batch written"));
+                        break o;
+                    }
+                    Err(SinkError::Fatal { message }) => {
+                        span.record("otel.status_code", "error");
+                        return Ok(WorkerExit::Paused(message));
+                    }
                     Err(SinkError::Retryable {
                         message,
                         retry_after,
                     }) => {
                         m.retries.with_label_values(&labels).inc();
                         let wait = settings.retry.backoff(attempt, retry_after);
-                        tracing::warn!(integration = %id, error = message, retry_in = ?wait, "batch failed; retrying");
+                        span.record("otel.status_code", "error");
+                        span.in_scope(|| tracing::warn!(integration = %id, error = message, retry_in = ?wait, "batch failed; retrying"));
                         if pause_or_stop(wait, &mut job.stop).await {
                             // Nothing of this batch is committed: it comes again next time.
                             return Ok(WorkerExit::Stopped);
@@ -473,10 +504,12 @@ async fn work<S: Sink>(
                 .with_label_values(&labels)
                 .inc_by((batch.len() - outcome.rejected.len()) as u64);
             let durable = m.commit_to_durable.with_label_values(&labels);
-            for (i, d) in deliveries.iter().enumerate() {
-                if !outcome.rejected.iter().any(|(r, _)| *r == i) {
+            for (i, (d, r)) in deliveries.iter().zip(batch.iter_mut()).enumerate() {
+                let rejected = outcome.rejected.iter().find(|(j, _)| *j == i);
+                if rejected.is_none() {
                     durable.observe(seconds_since(commit_ts(&d.event)));
                 }
+                trace::finish(r.span.take(), rejected.map(|(_, why)| why.as_str()));
             }
             age.set(0.0);
         }

@@ -84,6 +84,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0013_rate_limits",
         sql: include_str!("../../../migrations/0013_rate_limits.sql"),
     },
+    Migration {
+        version: 14,
+        name: "0014_trace_context",
+        sql: include_str!("../../../migrations/0014_trace_context.sql"),
+    },
 ];
 
 /// Advisory lock key held while migrating ("collect" in ASCII).

@@ -194,8 +194,8 @@ impl Store {
                         WHERE id = $1 AND org_id = $3 AND version = $4 AND deleted_at IS NULL
                     ), r AS (
                         INSERT INTO responses (form_id, id, org_id, source, idempotency_key,
-                                               request_sha256, metadata, answers)
-                        SELECT $1, $2, $3, $5, $6, $7, $8, $9::text::jsonb FROM f
+                                               request_sha256, metadata, answers, trace_context)
+                        SELECT $1, $2, $3, $5, $6, $7, $8, $9::text::jsonb, $11 FROM f
                         ON CONFLICT (form_id, idempotency_key) DO NOTHING
                         RETURNING submitted_at, updated_at
                     ), a AS (
@@ -222,6 +222,7 @@ impl Store {
                         &metadata,
                         &document,
                         &rows,
+                        &collect_telemetry::current_traceparent(),
                     ],
                 )
                 .await?;
@@ -380,9 +381,16 @@ impl Store {
             .query_one(
                 &format!(
                     "UPDATE responses SET answers = $3::text::jsonb, metadata = $4, revision = revision + 1, \
-                     updated_at = now() WHERE form_id = $1 AND id = $2 RETURNING {RESPONSE_COLUMNS}"
+                     updated_at = now(), trace_context = $5 WHERE form_id = $1 AND id = $2 \
+                     RETURNING {RESPONSE_COLUMNS}"
                 ),
-                &[&form_id, &id, &document, &metadata],
+                &[
+                    &form_id,
+                    &id,
+                    &document,
+                    &metadata,
+                    &collect_telemetry::current_traceparent(),
+                ],
             )
             .await?;
         let removed: Vec<Uuid> = current
@@ -424,9 +432,14 @@ impl Store {
         let client = self.pool.get().await?;
         let n = client
             .execute(
-                "UPDATE responses SET deleted_at = now(), updated_at = now(), revision = revision + 1 \
-                 WHERE form_id = $1 AND id = $2 AND org_id = $3 AND deleted_at IS NULL",
-                &[&form_id, &id, &org],
+                "UPDATE responses SET deleted_at = now(), updated_at = now(), revision = revision + 1, \
+                 trace_context = $4 WHERE form_id = $1 AND id = $2 AND org_id = $3 AND deleted_at IS NULL",
+                &[
+                    &form_id,
+                    &id,
+                    &org,
+                    &collect_telemetry::current_traceparent(),
+                ],
             )
             .await?;
         if n == 0 {

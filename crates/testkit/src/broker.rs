@@ -41,20 +41,28 @@ pub struct Broker {
 impl Broker {
     /// Starts a broker with an empty store.
     pub async fn start() -> Result<Self> {
+        Self::start_advertising(None).await
+    }
+
+    /// Starts a broker with an empty store that tells clients to connect to
+    /// `127.0.0.1:{advertised}` (a TLS-terminating proxy in front of it, say) instead of
+    /// its own port.
+    pub async fn start_advertising(advertised: Option<u16>) -> Result<Self> {
         let bin = tansu_bin()?;
         let dir = scratch_dir("broker")?;
         let mut last_err = None;
         for _ in 0..3 {
             let port = free_port()?;
             let url = format!("tcp://127.0.0.1:{port}");
+            let shown = format!("tcp://127.0.0.1:{}", advertised.unwrap_or(port));
             let spec = ServerSpec {
                 argv: vec![
                     bin.display().to_string(),
                     "broker".into(),
                     "--listener-url".into(),
-                    url.clone(),
-                    "--advertised-listener-url".into(),
                     url,
+                    "--advertised-listener-url".into(),
+                    shown,
                     // Tansu resolves the SQLite path against its working directory.
                     "--storage-engine".into(),
                     "sqlite://tansu.db".into(),

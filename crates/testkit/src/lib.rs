@@ -9,6 +9,7 @@
 mod broker;
 mod postgres;
 pub mod process;
+pub mod tls;
 
 use anyhow::{Context, Result};
 use tokio::sync::OnceCell;

@@ -106,6 +106,22 @@ impl Env {
         r["id"].as_str().unwrap().to_string()
     }
 
+    /// Creates an integration through `connect`'s API; asserts 201 and returns its JSON.
+    pub async fn attach(&self, connect: &Proc, body: &Value) -> Value {
+        let r = self
+            .http
+            .post(format!("{}/v1/integrations", connect.url()))
+            .bearer_auth(&self.key)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let created: Value = r.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, 201, "{created}");
+        created
+    }
+
     /// The environment of a `collect` process working on this database and its topics.
     pub fn process_env(&self, brokers: &str) -> Vec<(String, String)> {
         [
@@ -225,6 +241,33 @@ pub fn metric(text: &str, name: &str) -> f64 {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// A consumer of every partition of `topic` (3, as the tests' readers make them) from the
+/// beginning, with extra librdkafka `settings` (TLS, say).
+pub fn from_beginning(
+    brokers: &str,
+    topic: &str,
+    settings: &[(&str, &str)],
+) -> rdkafka::consumer::BaseConsumer {
+    use rdkafka::consumer::Consumer;
+    let mut config = rdkafka::ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("check-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000");
+    for (k, v) in settings {
+        config.set(*k, *v);
+    }
+    let consumer: rdkafka::consumer::BaseConsumer = config.create().unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..3 {
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    consumer
 }
 
 /// `collect cdc` on the environment's database and topics.
