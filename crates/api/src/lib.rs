@@ -101,6 +101,9 @@ fn request_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map_or("unmatched", |p| p.as_str());
+    if matches!(route, "/healthz" | "/readyz" | "/metrics") {
+        return tracing::Span::none(); // probes and scrapes: no trace each
+    }
     let method = req.method().as_str();
     let span = tracing::info_span!(
         "HTTP request",

@@ -373,15 +373,24 @@ impl Output {
         Ok(record)
     }
 
+    /// The largest record `topic` takes, in bytes.
+    fn limit(&self, topic: &str) -> usize {
+        self.limits
+            .get(topic)
+            .copied()
+            .unwrap_or(self.settings.max_message_bytes)
+    }
+
+    /// Whether the record, `extra` bytes larger, still fits its topic.
+    pub fn fits(&self, record: &OutRecord, extra: usize) -> bool {
+        record.size() + extra <= self.limit(&record.topic)
+    }
+
     /// Refuses a record larger than its topic takes (`max.message.bytes`), with the reason.
     pub fn check_size(&self, record: &OutRecord) -> Result<(), String> {
         let size = record.size();
         let topic = &record.topic;
-        let limit = self
-            .limits
-            .get(topic)
-            .copied()
-            .unwrap_or(self.settings.max_message_bytes);
+        let limit = self.limit(topic);
         if size > limit {
             return Err(format!(
                 "the event is {size} bytes; topic {topic} takes at most {limit} (max.message.bytes)"

@@ -156,8 +156,20 @@ pub(crate) fn record_for(
         Ok(None) => return None,
         Ok(Some(event)) => match out.encode(&event) {
             Ok(mut record) => {
-                let stored = row.text("trace_context").ok().flatten();
-                let link = trace::stamp(&mut record, stored);
+                let stored = match row.table() {
+                    "responses" => row.text("trace_context").ok().flatten(),
+                    _ => None,
+                };
+                // The trace context travels only where the record still fits with it: a
+                // record the header would push past the topic's limit goes without it.
+                let room = stored.map_or(0, |s| {
+                    collect_telemetry::TRACEPARENT.len() + s.len().min(trace::MAX_TRACEPARENT) + 10
+                });
+                let link = if out.fits(&record, room) {
+                    trace::stamp(&mut record, stored)
+                } else {
+                    None
+                };
                 match out.check_size(&record) {
                     Ok(()) => return Some((record, link)),
                     Err(reason) => reason,

@@ -20,6 +20,9 @@ use collect_telemetry::{TRACEPARENT, semconv};
 
 use crate::kafka::OutRecord;
 
+/// Longest stored `traceparent` passed on (55 characters in version 00; room for more).
+pub(crate) const MAX_TRACEPARENT: usize = 256;
+
 /// Links kept per transaction span (the SDK's default limit of links per span).
 const MAX_LINKS: usize = 128;
 
@@ -27,14 +30,16 @@ const MAX_LINKS: usize = 128;
 /// traces are on, the stored `traceparent` as it is when not. Returns the span's context,
 /// for the transaction's `send` span to link to.
 pub(crate) fn stamp(record: &mut OutRecord, stored: Option<&str>) -> Option<SpanContext> {
-    let stored = stored.filter(|s| !s.is_empty() && s.len() <= 256)?;
+    let stored = stored.filter(|s| !s.is_empty() && s.len() <= MAX_TRACEPARENT)?;
     if !collect_telemetry::enabled() {
         record
             .headers
             .push((TRACEPARENT.into(), stored.to_string()));
         return None;
     }
-    let parent = collect_telemetry::remote(stored);
+    let Some(parent) = collect_telemetry::remote(stored) else {
+        return None; // malformed: no header, no span
+    };
     let tracer = collect_telemetry::tracer();
     let span = tracer
         .span_builder(format!("create {}", record.topic))

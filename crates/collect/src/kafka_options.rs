@@ -13,8 +13,8 @@ pub(crate) struct KafkaOptions {
     /// put passwords in the file.
     #[arg(long = "kafka-option", value_parser = parse_key_value)]
     options: Vec<(String, String)>,
-    /// A file of librdkafka settings, one KEY=VALUE per line, `#` or `!` comments, as Kafka's
-    /// client.properties (e.g. sasl.username, sasl.password, ssl.ca.location).
+    /// A file of librdkafka settings, one KEY=VALUE per line, `#` or `!` comments (librdkafka's
+    /// names: sasl.username, sasl.password, ssl.ca.location; not Java's sasl.jaas.config).
     #[arg(long = "kafka-options-file", env = "COLLECT_KAFKA_OPTIONS_FILE")]
     file: Option<PathBuf>,
 }

@@ -295,13 +295,7 @@ async fn main() -> std::process::ExitCode {
         LogFormat::Text => collect_telemetry::LogFormat::Text,
         LogFormat::Json => collect_telemetry::LogFormat::Json,
     };
-    let telemetry = match collect_telemetry::init(cli.command.service_name(), format) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("error: telemetry: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
+    let telemetry = collect_telemetry::init(cli.command.service_name(), format);
     let code = match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

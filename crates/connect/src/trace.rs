@@ -41,7 +41,7 @@ pub(crate) fn process(traceparent: Option<&str>, src: &Source<'_>) -> Option<Box
     if !collect_telemetry::enabled() {
         return None;
     }
-    let parent: Context = collect_telemetry::remote(traceparent?);
+    let parent: Context = collect_telemetry::remote(traceparent?)?;
     let tracer = collect_telemetry::tracer();
     let mut attributes = vec![
         KeyValue::new(semconv::MESSAGING_SYSTEM, "kafka"),
@@ -100,7 +100,8 @@ pub(crate) fn batch<'a>(
         collect.integration.kind = kind,
         messaging.batch.message_count = events,
     );
-    for l in links {
+    // The SDK keeps 128 links a span (its default limit); a Sheets batch holds thousands.
+    for l in links.take(128) {
         span.add_link(l.span_context().clone());
     }
     span

@@ -373,7 +373,9 @@ async fn work<S: Sink>(
             let (partition, offset) = (msg.partition(), msg.offset());
             let value = msg.payload().unwrap_or_default().to_vec();
             let key = msg.key().map(<[u8]>::to_vec);
-            let traceparent = trace::traceparent(&msg);
+            let traceparent = collect_telemetry::enabled()
+                .then(|| trace::traceparent(&msg))
+                .flatten();
             drop(msg);
             match job
                 .shared

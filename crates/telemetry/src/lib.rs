@@ -12,18 +12,23 @@
 //! | Variable | Meaning here |
 //! |---|---|
 //! | `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` | where spans go; traces are off when neither is set |
-//! | `OTEL_EXPORTER_OTLP_PROTOCOL`, `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` | `http/protobuf` (default) or `grpc`; `http/json` is refused at start |
-//! | `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_EXPORTER_OTLP_TIMEOUT` | read by the exporter |
+//! | `OTEL_EXPORTER_OTLP_PROTOCOL`, `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` | `http/protobuf` (default) or `grpc` |
+//! | `OTEL_EXPORTER_OTLP_HEADERS` | read by the exporter |
+//! | `OTEL_EXPORTER_OTLP_TIMEOUT`, `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT` | milliseconds per export (10,000 by default) |
 //! | `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES` | the resource; the service name defaults to `collect-<subcommand>` |
 //! | `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG` | sampling (default: parent-based, always on) |
 //! | `OTEL_BSP_SCHEDULE_DELAY`, `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` | the batch span processor: its queue is bounded, spans beyond it are dropped, never waited for |
 //! | `OTEL_TRACES_EXPORTER` | `otlp` (default) or `none` |
 //! | `OTEL_SDK_DISABLED` | `true` turns traces off |
 //!
+//! A value this build does not support (`http/json`, another exporter) or an exporter that
+//! cannot be built turns traces off with a warning in the log, as the specification asks:
+//! a telemetry setting never stops a process.
 //! The trace context crosses process boundaries as a W3C `traceparent` ("Trace Context",
 //! W3C Recommendation): in the API's HTTP requests, in the `responses.trace_context`
 //! column, in a `traceparent` header on each Kafka record, and on the connectors' outbound
-//! requests. When traces are off, a context that arrives is still passed on unchanged.
+//! requests. A reader that does not trace copies the stored context into the record header
+//! unchanged; an API or a connector that does not trace stores or sends none.
 
 mod json;
 
@@ -163,17 +168,25 @@ fn provider(service: &str, protocol: &str) -> Result<SdkTracerProvider, Telemetr
 
 /// Starts logging on stderr (filtered by `RUST_LOG`, `info` by default) and, when an OTLP
 /// endpoint is configured, trace export for `service` (e.g. `collect-api`). Call once, from
-/// inside the Tokio runtime (the gRPC exporter's channel lives on it).
-///
-/// Errors: an `OTEL_*` value this build does not support, or an exporter that cannot be
-/// built; nothing is installed then.
-pub fn init(service: &str, format: LogFormat) -> Result<Telemetry, TelemetryError> {
+/// inside the Tokio runtime (the gRPC exporter's channel lives on it). A trace setting
+/// that cannot be used ([`TelemetryError`]) is logged as a warning and traces stay off.
+pub fn init(service: &str, format: LogFormat) -> Telemetry {
     global::set_text_map_propagator(TraceContextPropagator::new());
-    let provider = match otlp_protocol()? {
-        Some(protocol) => Some(provider(service, protocol)?),
-        None => None,
+    let (provider, problem) = match otlp_protocol().and_then(|p| match p {
+        Some(protocol) => provider(service, protocol).map(Some),
+        None => Ok(None),
+    }) {
+        Ok(p) => (p, None),
+        Err(e) => (None, Some(e)),
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+        // The exporter's debug lines show OTEL_EXPORTER_OTLP_HEADERS (API keys, often).
+        .add_directive(
+            "opentelemetry_otlp=warn"
+                .parse()
+                .unwrap_or_else(|_| tracing::Level::WARN.into()),
+        );
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let fmt = match format {
         LogFormat::Text => fmt.boxed(),
@@ -195,7 +208,10 @@ pub fn init(service: &str, format: LogFormat) -> Result<Telemetry, TelemetryErro
         .with(otel)
         .init();
     ENABLED.store(provider.is_some(), Ordering::Relaxed);
-    Ok(Telemetry { provider })
+    if let Some(e) = problem {
+        tracing::warn!(error = %e, "traces are off");
+    }
+    Telemetry { provider }
 }
 
 /// Whether spans are exported. When not, code on hot paths skips building spans and only
@@ -214,11 +230,12 @@ pub fn traceparent(cx: &Context) -> Option<String> {
     carrier.remove(TRACEPARENT)
 }
 
-/// The remote parent context a `traceparent` value names (an empty context if the value is
-/// malformed, as W3C Trace Context says to treat it).
-pub fn remote(traceparent: &str) -> Context {
+/// The remote parent context a `traceparent` value names; `None` if the value is malformed
+/// (W3C Trace Context: ignore it), so no span is made for it.
+pub fn remote(traceparent: &str) -> Option<Context> {
     let carrier = HashMap::from([(TRACEPARENT.to_string(), traceparent.to_string())]);
-    TraceContextPropagator::new().extract(&carrier)
+    let cx = TraceContextPropagator::new().extract(&carrier);
+    cx.span().span_context().is_valid().then_some(cx)
 }
 
 /// The remote parent context of an incoming HTTP request's `traceparent` and `tracestate`
@@ -276,11 +293,26 @@ mod export_client {
         fn client(&self) -> &reqwest::blocking::Client {
             self.0.get_or_init(|| {
                 reqwest::blocking::Client::builder()
-                    .timeout(std::time::Duration::from_secs(10))
+                    .timeout(timeout())
                     .build()
                     .unwrap_or_default()
             })
         }
+    }
+
+    /// `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT` or `OTEL_EXPORTER_OTLP_TIMEOUT`, in milliseconds;
+    /// 10 s by default (the specification's).
+    fn timeout() -> std::time::Duration {
+        [
+            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+            "OTEL_EXPORTER_OTLP_TIMEOUT",
+        ]
+        .iter()
+        .find_map(|k| std::env::var(k).ok()?.trim().parse::<u64>().ok())
+        .map_or(
+            std::time::Duration::from_secs(10),
+            std::time::Duration::from_millis,
+        )
     }
 
     #[async_trait::async_trait]
@@ -311,14 +343,14 @@ mod tests {
     #[test]
     fn traceparent_round_trips_and_malformed_ones_are_dropped() {
         let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let cx = remote(tp);
+        let cx = remote(tp).unwrap();
         assert_eq!(traceparent(&cx).as_deref(), Some(tp));
         for bad in [
             "",
             "00-xyz",
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
         ] {
-            assert_eq!(traceparent(&remote(bad)), None, "{bad}");
+            assert!(remote(bad).is_none(), "{bad}");
         }
     }
 }
