@@ -6,8 +6,9 @@ use std::time::Duration;
 use collect_connect::retry::parse_retry_after;
 use google_sheets4::api::{
     BatchUpdateSpreadsheetRequest, BatchUpdateSpreadsheetResponse, BatchUpdateValuesRequest,
-    BatchUpdateValuesResponse, Request, Sheet, SheetProperties, Spreadsheet, SpreadsheetProperties,
-    ValueRange,
+    BatchUpdateValuesResponse, DataFilter, DeveloperMetadata, DeveloperMetadataLookup, Request,
+    SearchDeveloperMetadataRequest, SearchDeveloperMetadataResponse, Sheet, SheetProperties,
+    Spreadsheet, SpreadsheetProperties, ValueRange,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -177,6 +178,40 @@ impl Service {
             Some(&body),
         )
         .await
+    }
+
+    /// `spreadsheets.developerMetadata.search` for the metadata with key `key` (Sheets API
+    /// v4, "Read, write, and search metadata"): each entry with its location as it is now
+    /// (metadata on a column moves with the column).
+    pub async fn search_metadata(
+        &self,
+        token: &str,
+        id: &str,
+        key: &str,
+    ) -> Result<Vec<DeveloperMetadata>, CallError> {
+        let body = SearchDeveloperMetadataRequest {
+            data_filters: Some(vec![DataFilter {
+                developer_metadata_lookup: Some(DeveloperMetadataLookup {
+                    metadata_key: Some(key.to_string()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+        };
+        let answer: SearchDeveloperMetadataResponse = self
+            .call(
+                token,
+                reqwest::Method::POST,
+                &format!("/v4/spreadsheets/{id}/developerMetadata:search"),
+                Some(&body),
+            )
+            .await?;
+        Ok(answer
+            .matched_developer_metadata
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|m| m.developer_metadata)
+            .collect())
     }
 
     /// `spreadsheets.values.batchGet` of `ranges` (A1), unformatted: the values as stored,

@@ -749,3 +749,166 @@ async fn a_deleted_tab_pauses_the_integration_with_the_reason_and_is_not_written
         );
     }
 }
+
+/// A person's `batchUpdate` of the spreadsheet (the auditor shares it as an editor).
+async fn person(g: &Google, spreadsheet: &str, requests: Value) {
+    let r = g
+        .http
+        .post(format!(
+            "{}/v4/spreadsheets/{spreadsheet}:batchUpdate",
+            g.base
+        ))
+        .bearer_auth(&g.reader)
+        .json(&json!({ "requests": requests }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+}
+
+/// A person typing `text` into cell `a1` of tab Responses.
+async fn type_cell(g: &Google, spreadsheet: &str, a1: &str, text: &str) {
+    let r = g
+        .http
+        .put(format!(
+            "{}/v4/spreadsheets/{spreadsheet}/values/Responses!{a1}?valueInputOption=USER_ENTERED",
+            g.base
+        ))
+        .bearer_auth(&g.reader)
+        .json(&json!({ "values": [[text]] }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+}
+
+/// The sheet id of tab `title`.
+async fn sheet_id(g: &Google, spreadsheet: &str, title: &str) -> Value {
+    let meta = g.read(&format!("/v4/spreadsheets/{spreadsheet}")).await;
+    meta["sheets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["properties"]["title"] == title)
+        .map(|s| s["properties"]["sheetId"].clone())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn columns_a_person_moves_among_the_connectors_pause_it_before_anything_is_written() {
+    logs();
+    let env = Env::new().await.unwrap();
+    let t = SheetsTarget {
+        google: Google::start().await,
+    };
+    let g = &t.google;
+    let i = env.integration("sheets", t.config().await).await.unwrap();
+    let sheet = SheetsTarget::spreadsheet_of(&i);
+    let w = env.start(t.sink(&i), "sheets", &i);
+    let first = uuid::Uuid::new_v4().to_string();
+    env.produce(&[response(&env, &first, 1, vec![answer(Q1, "name", "Ada")])])
+        .await
+        .unwrap();
+    rows(g, &sheet, 2, &["name"]).await;
+    let gid = sheet_id(g, &sheet, "Responses").await;
+
+    // A header cell typed over is only text: the next batch writes it again, no pause.
+    type_cell(g, &sheet, "C1", "When").await;
+    let second = uuid::Uuid::new_v4().to_string();
+    env.produce(&[response(
+        &env,
+        &second,
+        1,
+        vec![answer(Q1, "name", "Grace")],
+    )])
+    .await
+    .unwrap();
+    let v = rows(g, &sheet, 3, &["name"]).await;
+    assert_eq!(v[0][2], json!("Updated at"), "the header is written again");
+
+    // A column inserted among the connector's, with a person's note in it: writing by the
+    // stored layout would put answers under the wrong headers and over the note.
+    person(
+        g,
+        &sheet,
+        json!([{"insertDimension": {"range": {"sheetId": gid, "dimension": "COLUMNS",
+            "startIndex": 1, "endIndex": 2}, "inheritFromBefore": true}}]),
+    )
+    .await;
+    type_cell(g, &sheet, "B2", "call back").await;
+    let before = g.values(&sheet, "Responses!A1:Z").await;
+    env.produce(&[
+        response(&env, &first, 2, vec![answer(Q1, "name", "Ada L.")]),
+        response(
+            &env,
+            &uuid::Uuid::new_v4().to_string(),
+            1,
+            vec![answer(Q1, "name", "Alan")],
+        ),
+    ])
+    .await
+    .unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(60), w.handle)
+        .await
+        .unwrap()
+        .unwrap();
+    let WorkerExit::Paused(reason) = exit else {
+        panic!("expected a pause, got {exit:?}")
+    };
+    assert!(
+        reason.contains("'Submitted at' is now column C (was B)")
+            && reason.contains("resume the integration"),
+        "{reason}"
+    );
+    assert_eq!(
+        g.values(&sheet, "Responses!A1:Z").await,
+        before,
+        "nothing was written after the columns moved"
+    );
+
+    // The person puts the columns back and the integration is resumed: everything lands,
+    // in place, and the note is gone with the column the person deleted.
+    person(
+        g,
+        &sheet,
+        json!([{"deleteDimension": {"range": {"sheetId": gid, "dimension": "COLUMNS",
+            "startIndex": 1, "endIndex": 2}}}]),
+    )
+    .await;
+    let w = env.start(t.sink(&i), "sheets", &i);
+    let v = rows(g, &sheet, 4, &["name"]).await;
+    let row = v.iter().find(|r| r[0] == json!(first)).unwrap();
+    assert_eq!(row[3], json!("2"), "the edit reached its row: {v:?}");
+    assert_eq!(row[5], json!("Ada L."));
+    assert_eq!(v.len(), 4, "one row per response: {v:?}");
+
+    // A question's column moved (dragged right of the others) pauses it too.
+    person(
+        g,
+        &sheet,
+        json!([{"insertDimension": {"range": {"sheetId": gid, "dimension": "COLUMNS",
+            "startIndex": 6, "endIndex": 7}}},
+          {"moveDimension": {"source": {"sheetId": gid, "dimension": "COLUMNS",
+            "startIndex": 5, "endIndex": 6}, "destinationIndex": 7}}]),
+    )
+    .await;
+    env.produce(&[response(
+        &env,
+        &second,
+        2,
+        vec![answer(Q1, "name", "Grace H.")],
+    )])
+    .await
+    .unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(60), w.handle)
+        .await
+        .unwrap()
+        .unwrap();
+    let WorkerExit::Paused(reason) = exit else {
+        panic!("expected a pause, got {exit:?}")
+    };
+    assert!(
+        reason.contains("'name' is now column G (was F)"),
+        "{reason}"
+    );
+}

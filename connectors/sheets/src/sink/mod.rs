@@ -1,5 +1,6 @@
 //! The Sheets sink: every response of the form is one row of the sheet, kept up to date.
 
+mod columns;
 mod rows;
 
 use std::collections::HashMap;
@@ -311,6 +312,12 @@ impl Sink for SheetsSink {
         self.tabs = tabs;
         self.columns = columns;
         self.state = Some(state);
+        // Columns a person moved among ours stop the integration before anything is written
+        // (columns.rs).
+        let headers = self.read_headers(ctx).await?;
+        if let Some(reason) = self.columns_moved(ctx, &headers).await? {
+            return Err(SinkError::fatal(reason));
+        }
         // The header of every tab, rewritten as it is (idempotent).
         self.ensure_width(ctx).await?;
         let header = self.header();
@@ -322,7 +329,7 @@ impl Sink for SheetsSink {
         self.write_values(ctx, data, &[], true)
             .await
             .map_err(Refusal::into_sink)?;
-        Ok(())
+        self.tag_columns(ctx).await
     }
 
     async fn write(
@@ -335,6 +342,9 @@ impl Sink for SheetsSink {
         let (tabs, columns) = self.state()?.load().await?;
         self.tabs = tabs;
         self.columns = columns;
+        // The header as last written, for the check of row 1 (before this batch relabels).
+        let written: Vec<String> = self.header().iter().map(rows::text).collect();
+        let mut check_header = true;
         let mut outcome = BatchOutcome::default();
         let mut changed_cols: Vec<(Uuid, Column)> = Vec::new();
         let mut next_col = self.width() as i32;
@@ -450,7 +460,10 @@ impl Sink for SheetsSink {
                     }
                 }
             }
-            let seen = self.look(ctx, &placed, &new_rows, width, fresh).await?;
+            let header = check_header.then_some(written.as_slice());
+            let seen = self
+                .look(ctx, &placed, &new_rows, width, fresh, header)
+                .await?;
             if seen == rows::Seen::Fine {
                 self.tabs = tabs;
                 placed.extend(new_rows.iter().copied());
@@ -476,6 +489,15 @@ impl Sink for SheetsSink {
                     self.refresh(ctx).await?;
                     fresh = true;
                 }
+                rows::Seen::Header(headers) => {
+                    if let Some(reason) = self.columns_moved(ctx, &headers).await? {
+                        return Err(SinkError::fatal(reason));
+                    }
+                    // Only the text of the header changed (a person typed over it, or a
+                    // relabel not written yet): this batch writes it again.
+                    header_needed = true;
+                    check_header = false;
+                }
                 rows::Seen::Fine => {}
             }
             // Titles and next rows as the repair left them in the ledger.
@@ -486,12 +508,17 @@ impl Sink for SheetsSink {
         if header_needed {
             self.ensure_width(ctx).await?;
         }
+        let tabs_before = self.tabs.len();
         self.make_room(ctx, &mut placed, &mut new_rows, width)
             .await?;
         // Reserve before writing: a crash now leaves rows reserved, never doubled.
         self.state()?
             .reserve(ctx.lease_generation, &self.tabs, &changed_cols, &new_rows)
             .await?;
+        // New columns and new tabs get their tags once stored (columns.rs).
+        if next_col > first_new || self.tabs.len() != tabs_before {
+            self.tag_columns(ctx).await?;
+        }
         let mut data: Vec<(Option<Uuid>, ValueRange)> = Vec::new();
         if header_needed {
             let header = self.header();

@@ -42,6 +42,9 @@ pub(super) enum Seen {
     /// Google refused to read a range (a trimmed grid, a renamed or deleted tab): the
     /// spreadsheet's properties must be read again.
     Stale(String),
+    /// Row 1 of a tab differs from the header the connector wrote: columns may have moved
+    /// (see columns.rs). Row 1 of each tab read, by sheet id.
+    Header(HashMap<i64, Vec<String>>),
 }
 
 /// `'Tab'` for A1 notation.
@@ -50,7 +53,7 @@ pub(super) fn quoted(title: &str) -> String {
 }
 
 /// A cell's text as the API returns it unformatted (strings, numbers, booleans).
-fn text(v: &Value) -> String {
+pub(super) fn text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),
@@ -80,6 +83,8 @@ enum Probe {
     Ids { tab: i32, first: i32 },
     /// The cells of rows `first..` of a tab where new rows go.
     Block { tab: i32, first: i32 },
+    /// Row 1 of a tab (sheet id).
+    Header { sheet: i64 },
 }
 
 impl SheetsSink {
@@ -106,6 +111,8 @@ impl SheetsSink {
     /// above them); anything else there is a person's.
     /// `fresh`: the grid sizes were read in this batch; otherwise rows past the believed grid
     /// (which a person may have grown by inserting rows) make it read them first.
+    /// `header`: the header the connector last wrote; row 1 of every tab written to is read
+    /// too, and checked first (columns that moved make every other check meaningless).
     pub(super) async fn look(
         &self,
         ctx: &SinkContext,
@@ -113,12 +120,21 @@ impl SheetsSink {
         new: &[(Uuid, RowAt)],
         width: usize,
         fresh: bool,
+        header: Option<&[String]>,
     ) -> Result<Seen, SinkError> {
         let mut ranges: Vec<String> = Vec::new();
         let mut probes: Vec<Probe> = Vec::new();
         let mut by_tab: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
         for (_, at) in placed {
             by_tab.entry(at.tab).or_default().push(at.row);
+        }
+        if header.is_some() {
+            let touched: std::collections::BTreeSet<i32> =
+                placed.iter().chain(new).map(|(_, at)| at.tab).collect();
+            for t in self.tabs.iter().filter(|t| touched.contains(&t.index)) {
+                ranges.push(format!("{}!1:1", quoted(&t.title)));
+                probes.push(Probe::Header { sheet: t.sheet_id });
+            }
         }
         let span_count: usize = by_tab.values().map(|r| spans(r).len()).sum();
         for (tab, rows) in &by_tab {
@@ -191,11 +207,25 @@ impl SheetsSink {
             Err(CallError::Refused(m)) => return Ok(Seen::Stale(m)),
             Err(e) => return Err(to_sink(e)),
         };
+        // Columns first: where they moved, no other answer of the read means anything.
+        let mut headers: HashMap<i64, Vec<String>> = HashMap::new();
+        let mut holds = true;
+        for (probe, vr) in probes.iter().zip(&got) {
+            if let Probe::Header { sheet } = probe {
+                let shown = super::columns::header_text(vr);
+                holds &= super::columns::header_holds(&shown, header.unwrap_or_default());
+                headers.insert(*sheet, shown);
+            }
+        }
+        if !holds {
+            return Ok(Seen::Header(headers));
+        }
         // What each row shows: the Response ID cell of known rows, any content of new rows.
         let mut ids: HashMap<(i32, i32), String> = HashMap::new();
         for (probe, vr) in probes.iter().zip(&got) {
             let rows = vr.values.clone().unwrap_or_default();
             match probe {
+                Probe::Header { .. } => {}
                 Probe::Ids { tab, first } => {
                     for (i, row) in rows.iter().enumerate() {
                         let cell = row.first().map(text).unwrap_or_default();
