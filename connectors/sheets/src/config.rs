@@ -52,6 +52,19 @@ pub enum OnCellLimit {
     Pause,
 }
 
+/// What to do when a person deletes a tab the connector writes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDeletedTab {
+    /// Pause the integration and report it (the person may have meant it).
+    #[default]
+    Pause,
+    /// Add the tab again under its title, write its header, and read every event of the
+    /// integration again from the oldest the topics hold, so that each response whose row
+    /// was in it gets a row again (the others are rewritten in place).
+    Recreate,
+}
+
 /// Quotas, counted as Google counts them ("Usage limits" of the Sheets API: per minute,
 /// per user and per project, reads and writes apart).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,6 +118,9 @@ pub struct Config {
     /// Near the cell limit: `rollover` (default) or `pause`.
     #[serde(default)]
     pub on_cell_limit: OnCellLimit,
+    /// A tab a person deleted: `pause` (default) or `recreate` (and refill).
+    #[serde(default)]
+    pub on_deleted_tab: OnDeletedTab,
     /// Cells kept free below Google's 10,000,000 before the connector rolls over or pauses.
     #[serde(default = "default_cell_margin")]
     pub cell_limit_margin: u64,

@@ -247,6 +247,70 @@ impl State {
         Ok((ids.len(), before.len() - ids.len()))
     }
 
+    /// Records a tab recreated after a person deleted it: its new sheet id and title, none of
+    /// its rows (their responses get rows again when read again), and the request to read
+    /// every event again ([`State::refill_requested`]). One transaction, under the lease.
+    pub async fn recreated(
+        &self,
+        generation: i64,
+        tab: i32,
+        sheet_id: i64,
+        title: &str,
+    ) -> Result<usize, SinkError> {
+        let mut c = self.pool.get().await.map_err(db)?;
+        let tx = c.transaction().await.map_err(db)?;
+        collect_connect::lease::check(&tx, self.id, generation).await?;
+        let lost = tx
+            .execute(
+                "DELETE FROM sheets_rows WHERE integration_id = $1 AND tab_index = $2",
+                &[&self.id, &tab],
+            )
+            .await
+            .map_err(db)?;
+        tx.execute(
+            "UPDATE sheets_tabs SET sheet_id = $3, title = $4, next_row = 1 \
+             WHERE integration_id = $1 AND tab_index = $2",
+            &[&self.id, &tab, &sheet_id, &title],
+        )
+        .await
+        .map_err(db)?;
+        tx.execute(
+            "UPDATE sheets_state SET refill_requested = true, updated_at = now() \
+             WHERE integration_id = $1",
+            &[&self.id],
+        )
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(lost as usize)
+    }
+
+    /// Whether a recreated tab still waits for its events to be read again.
+    pub async fn refill_requested(&self) -> Result<bool, SinkError> {
+        let c = self.pool.get().await.map_err(db)?;
+        let row = c
+            .query_opt(
+                "SELECT refill_requested FROM sheets_state WHERE integration_id = $1",
+                &[&self.id],
+            )
+            .await
+            .map_err(db)?;
+        Ok(row.is_some_and(|r| r.get(0)))
+    }
+
+    /// The runtime moved the offsets back: the refill is under way.
+    pub async fn refill_started(&self) -> Result<(), SinkError> {
+        let c = self.pool.get().await.map_err(db)?;
+        c.execute(
+            "UPDATE sheets_state SET refill_requested = false, updated_at = now() \
+             WHERE integration_id = $1",
+            &[&self.id],
+        )
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
     /// Moves a tab's next free row past content a person put there.
     pub async fn skip_to(&self, tab: i32, next_row: i32) -> Result<(), SinkError> {
         let c = self.pool.get().await.map_err(db)?;

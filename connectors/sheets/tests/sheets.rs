@@ -329,9 +329,7 @@ async fn headers_follow_questions_and_edits_land_in_place() {
         uuid::Uuid::new_v4().to_string(),
         uuid::Uuid::new_v4().to_string(),
     );
-    env.produce(&[response(&env, &a, 1, vec![answer(Q1, "name", "=SUM(A1)")])])
-        .await
-        .unwrap();
+    named(&env, &a, 1, "=SUM(A1)").await;
     let v = rows(&t.google, &sheet, 2, &["Your name"]).await;
     assert_eq!(
         v[0],
@@ -395,9 +393,7 @@ async fn headers_follow_questions_and_edits_land_in_place() {
     )])
     .await
     .unwrap();
-    env.produce(&[response(&env, &a, 1, vec![answer(Q1, "name", "stale")])])
-        .await
-        .unwrap();
+    named(&env, &a, 1, "stale").await;
     let mut del = response(&env, &b, 2, vec![answer(Q1, "name", "Bob")]);
     del.op = ResponseOp::Deleted;
     del.deleted_at = Some(1_700_000_000_000_100);
@@ -573,13 +569,7 @@ async fn storms_of_429_and_5xx_write_every_row_once_and_revoked_credentials_paus
         .await
         .unwrap();
     let w = env.start(t.sink(&i), "sheets", &i);
-    let exit = tokio::time::timeout(Duration::from_secs(60), w.handle)
-        .await
-        .unwrap()
-        .unwrap();
-    let WorkerExit::Paused(reason) = exit else {
-        panic!("expected a pause, got {exit:?}")
-    };
+    let reason = ended(w.handle, "Paused").await;
     assert!(reason.contains("refused"), "{reason}");
 }
 
@@ -728,13 +718,7 @@ async fn a_deleted_tab_pauses_the_integration_with_the_reason_and_is_not_written
     env.produce(&[env.response(&uuid::Uuid::new_v4().to_string(), 1, "after")])
         .await
         .unwrap();
-    let exit = tokio::time::timeout(Duration::from_secs(60), w.handle)
-        .await
-        .unwrap()
-        .unwrap();
-    let WorkerExit::Paused(reason) = exit else {
-        panic!("expected a pause, got {exit:?}")
-    };
+    let reason = ended(w.handle, "Paused").await;
     assert!(
         reason.contains("was deleted") && reason.contains(&sheet),
         "{reason}"
@@ -748,6 +732,25 @@ async fn a_deleted_tab_pauses_the_integration_with_the_reason_and_is_not_written
             "{tab}"
         );
     }
+}
+
+/// Waits (60 s at most) for a worker to end as `how` (`Paused` or `Rewound`); its reason.
+async fn ended(handle: tokio::task::JoinHandle<WorkerExit>, how: &str) -> String {
+    let exit = tokio::time::timeout(Duration::from_secs(60), handle)
+        .await
+        .unwrap()
+        .unwrap();
+    match (how, exit) {
+        ("Paused", WorkerExit::Paused(reason)) | ("Rewound", WorkerExit::Rewound(reason)) => reason,
+        (_, other) => panic!("expected {how}, got {other:?}"),
+    }
+}
+
+/// Produces one response answering Q1 (`name`).
+async fn named(env: &Env, id: &str, revision: i32, name: &str) {
+    env.produce(&[response(env, id, revision, vec![answer(Q1, "name", name)])])
+        .await
+        .unwrap();
 }
 
 /// A person's `batchUpdate` of the spreadsheet (the auditor shares it as an editor).
@@ -794,8 +797,36 @@ async fn sheet_id(g: &Google, spreadsheet: &str, title: &str) -> Value {
         .unwrap()
 }
 
+/// Waits (60 s at most) until the sheet's cells satisfy `ok`; returns them.
+async fn until(
+    g: &Google,
+    spreadsheet: &str,
+    what: &str,
+    ok: impl Fn(&[Vec<Value>]) -> bool,
+) -> Vec<Vec<Value>> {
+    let end = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = g.values(spreadsheet, "Responses!A1:Z").await;
+        if ok(&v) {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < end, "{what}: {v:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Cells holding these texts.
+fn texts(t: &[&str]) -> Vec<Value> {
+    t.iter().map(|s| json!(s)).collect()
+}
+
+/// The row whose cell in column `col` (0-based) is `id`.
+fn row_of<'a>(v: &'a [Vec<Value>], col: usize, id: &str) -> Option<&'a Vec<Value>> {
+    v.iter().find(|r| r.get(col) == Some(&json!(id)))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn columns_a_person_moves_among_the_connectors_pause_it_before_anything_is_written() {
+async fn columns_follow_their_question_when_a_person_inserts_moves_or_deletes_columns() {
     logs();
     let env = Env::new().await.unwrap();
     let t = SheetsTarget {
@@ -805,29 +836,23 @@ async fn columns_a_person_moves_among_the_connectors_pause_it_before_anything_is
     let i = env.integration("sheets", t.config().await).await.unwrap();
     let sheet = SheetsTarget::spreadsheet_of(&i);
     let w = env.start(t.sink(&i), "sheets", &i);
-    let first = uuid::Uuid::new_v4().to_string();
-    env.produce(&[response(&env, &first, 1, vec![answer(Q1, "name", "Ada")])])
-        .await
-        .unwrap();
+    let (first, second, third) = (
+        uuid::Uuid::new_v4().to_string(),
+        uuid::Uuid::new_v4().to_string(),
+        uuid::Uuid::new_v4().to_string(),
+    );
+    named(&env, &first, 1, "Ada").await;
     rows(g, &sheet, 2, &["name"]).await;
     let gid = sheet_id(g, &sheet, "Responses").await;
 
-    // A header cell typed over is only text: the next batch writes it again, no pause.
+    // A header cell typed over is only text: the next batch writes it again.
     type_cell(g, &sheet, "C1", "When").await;
-    let second = uuid::Uuid::new_v4().to_string();
-    env.produce(&[response(
-        &env,
-        &second,
-        1,
-        vec![answer(Q1, "name", "Grace")],
-    )])
-    .await
-    .unwrap();
+    named(&env, &second, 1, "Grace").await;
     let v = rows(g, &sheet, 3, &["name"]).await;
     assert_eq!(v[0][2], json!("Updated at"), "the header is written again");
 
-    // A column inserted among the connector's, with a person's note in it: writing by the
-    // stored layout would put answers under the wrong headers and over the note.
+    // A column inserted among the connector's (B), with a person's note in it: answers
+    // follow their columns one to the right, and the note stays.
     person(
         g,
         &sheet,
@@ -835,39 +860,53 @@ async fn columns_a_person_moves_among_the_connectors_pause_it_before_anything_is
             "startIndex": 1, "endIndex": 2}, "inheritFromBefore": true}}]),
     )
     .await;
+    type_cell(g, &sheet, "B1", "Follow-up").await;
     type_cell(g, &sheet, "B2", "call back").await;
-    let before = g.values(&sheet, "Responses!A1:Z").await;
     env.produce(&[
         response(&env, &first, 2, vec![answer(Q1, "name", "Ada L.")]),
-        response(
-            &env,
-            &uuid::Uuid::new_v4().to_string(),
-            1,
-            vec![answer(Q1, "name", "Alan")],
-        ),
+        response(&env, &third, 1, vec![answer(Q1, "name", "Alan")]),
     ])
     .await
     .unwrap();
-    let exit = tokio::time::timeout(Duration::from_secs(60), w.handle)
-        .await
-        .unwrap()
-        .unwrap();
-    let WorkerExit::Paused(reason) = exit else {
-        panic!("expected a pause, got {exit:?}")
-    };
-    assert!(
-        reason.contains("'Submitted at' is now column C (was B)")
-            && reason.contains("resume the integration"),
-        "{reason}"
-    );
-    assert_eq!(
-        g.values(&sheet, "Responses!A1:Z").await,
-        before,
-        "nothing was written after the columns moved"
-    );
+    let v = until(g, &sheet, "rows after the inserted column", |v| {
+        row_of(v, 0, &third).is_some() && row_of(v, 0, &first).is_some_and(|r| r[4] == json!("2"))
+    })
+    .await;
+    // The fixed columns with the person's column among them.
+    let fixed = [
+        "Response ID",
+        "Follow-up",
+        "Submitted at",
+        "Updated at",
+        "Revision",
+        "Status",
+    ];
+    assert_eq!(v[0], texts(&[&fixed[..], &["name"]].concat()));
+    let r = row_of(&v, 0, &first).unwrap();
+    assert_eq!((&r[1], &r[6]), (&json!("call back"), &json!("Ada L.")));
+    assert_eq!(row_of(&v, 0, &third).unwrap()[6], json!("Alan"));
+    assert_eq!(v.len(), 4, "one row per response: {v:?}");
 
-    // The person puts the columns back and the integration is resumed: everything lands,
-    // in place, and the note is gone with the column the person deleted.
+    // The question's column dragged to B: its answers follow it there.
+    person(
+        g,
+        &sheet,
+        json!([{"moveDimension": {"source": {"sheetId": gid, "dimension": "COLUMNS",
+            "startIndex": 6, "endIndex": 7}, "destinationIndex": 1}}]),
+    )
+    .await;
+    named(&env, &second, 2, "Grace H.").await;
+    let v = until(g, &sheet, "the edit after the move", |v| {
+        row_of(v, 0, &second).is_some_and(|r| r.get(5) == Some(&json!("2")))
+    })
+    .await;
+    assert_eq!(v[0][1], json!("name"));
+    assert_eq!(v[0][2], json!("Follow-up"));
+    let r = row_of(&v, 0, &second).unwrap();
+    assert_eq!(r[1], json!("Grace H."));
+    assert_eq!(row_of(&v, 0, &first).unwrap()[2], json!("call back"));
+
+    // The question's column deleted: it stays deleted; the rest of the row still follows.
     person(
         g,
         &sheet,
@@ -875,40 +914,80 @@ async fn columns_a_person_moves_among_the_connectors_pause_it_before_anything_is
             "startIndex": 1, "endIndex": 2}}}]),
     )
     .await;
-    let w = env.start(t.sink(&i), "sheets", &i);
-    let v = rows(g, &sheet, 4, &["name"]).await;
-    let row = v.iter().find(|r| r[0] == json!(first)).unwrap();
-    assert_eq!(row[3], json!("2"), "the edit reached its row: {v:?}");
-    assert_eq!(row[5], json!("Ada L."));
-    assert_eq!(v.len(), 4, "one row per response: {v:?}");
+    named(&env, &first, 3, "Ada Lovelace").await;
+    let v = until(g, &sheet, "the edit after the deletion", |v| {
+        row_of(v, 0, &first).is_some_and(|r| r.get(4) == Some(&json!("3")))
+    })
+    .await;
+    assert_eq!(
+        v[0],
+        texts(&fixed),
+        "the deleted column is not written again"
+    );
+    assert_eq!(row_of(&v, 0, &first).unwrap()[1], json!("call back"));
+    assert!(
+        !v.iter().flatten().any(|c| c == &json!("Ada Lovelace")),
+        "{v:?}"
+    );
 
-    // A question's column moved (dragged right of the others) pauses it too.
+    // Only the Response ID column cannot go: the integration pauses with the reason and
+    // writes nothing.
     person(
         g,
         &sheet,
-        json!([{"insertDimension": {"range": {"sheetId": gid, "dimension": "COLUMNS",
-            "startIndex": 6, "endIndex": 7}}},
-          {"moveDimension": {"source": {"sheetId": gid, "dimension": "COLUMNS",
-            "startIndex": 5, "endIndex": 6}, "destinationIndex": 7}}]),
+        json!([{"deleteDimension": {"range": {"sheetId": gid, "dimension": "COLUMNS",
+            "startIndex": 0, "endIndex": 1}}}]),
     )
     .await;
-    env.produce(&[response(
-        &env,
-        &second,
-        2,
-        vec![answer(Q1, "name", "Grace H.")],
-    )])
-    .await
-    .unwrap();
-    let exit = tokio::time::timeout(Duration::from_secs(60), w.handle)
-        .await
-        .unwrap()
-        .unwrap();
-    let WorkerExit::Paused(reason) = exit else {
-        panic!("expected a pause, got {exit:?}")
-    };
+    let before = g.values(&sheet, "Responses!A1:Z").await;
+    named(&env, &third, 2, "Alan T.").await;
+    let reason = ended(w.handle, "Paused").await;
     assert!(
-        reason.contains("'name' is now column G (was F)"),
+        reason.contains("Response ID column") && reason.contains("resume the integration"),
         "{reason}"
     );
+    assert_eq!(g.values(&sheet, "Responses!A1:Z").await, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_tab_is_recreated_and_refilled_when_configured() {
+    logs();
+    let env = Env::new().await.unwrap();
+    let t = SheetsTarget {
+        google: Google::start().await,
+    };
+    let g = &t.google;
+    let mut config = t.config().await;
+    config["on_deleted_tab"] = json!("recreate");
+    let i = env.integration("sheets", config).await.unwrap();
+    let sheet = SheetsTarget::spreadsheet_of(&i);
+    let w = env.start(t.sink(&i), "sheets", &i);
+    let ids: Vec<String> = (0..3).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    let events: Vec<ResponseEvent> = ids
+        .iter()
+        .enumerate()
+        .map(|(n, id)| response(&env, id, 1, vec![answer(Q1, "name", &format!("r{n}"))]))
+        .collect();
+    env.produce(&events).await.unwrap();
+    rows(g, &sheet, 4, &["name"]).await;
+    let gid = sheet_id(g, &sheet, "Responses").await;
+    person(g, &sheet, json!([{"deleteSheet": {"sheetId": gid}}])).await;
+    let last = uuid::Uuid::new_v4().to_string();
+    named(&env, &last, 1, "r3").await;
+    // The worker recreates the tab, moves its offsets back and ends to be restarted.
+    let reason = ended(w.handle, "Rewound").await;
+    assert!(reason.contains("recreated"), "{reason}");
+    assert_ne!(sheet_id(g, &sheet, "Responses").await, gid, "a new tab");
+    // Restarted (the supervisor does it at once), it refills the tab from the oldest event.
+    let w = env.start(t.sink(&i), "sheets", &i);
+    let v = until(g, &sheet, "every response back in the recreated tab", |v| {
+        ids.iter()
+            .chain([&last])
+            .all(|id| row_of(v, 0, id).is_some())
+    })
+    .await;
+    assert_eq!(v.len(), 5, "one row per response and the header: {v:?}");
+    assert_eq!(v[0][0], json!("Response ID"));
+    // The refill was asked once: the restarted worker runs until it is stopped.
+    assert_eq!(w.stop().await, WorkerExit::Stopped);
 }

@@ -59,6 +59,15 @@ pub enum SinkError {
         /// What happened, for the operator.
         message: String,
     },
+    /// The destination lost what was written and the sink has made it ready to be filled
+    /// again (a deleted sheet tab recreated): the runtime commits nothing of the batch, moves
+    /// the integration's committed offsets back to the oldest the topics hold, calls
+    /// [`Sink::rewound`], and restarts the worker, which reads every event again.
+    #[error("rewind: {message}")]
+    Rewind {
+        /// Why, for the operator.
+        message: String,
+    },
 }
 
 impl SinkError {
@@ -151,6 +160,14 @@ pub trait Sink: Send + 'static {
     /// settings (`--batch-max-events`, 2 MiB). Memory held per worker grows with it.
     fn batch_limits(&self) -> Option<BatchLimits> {
         None
+    }
+
+    /// Called once the runtime has moved the offsets back after [`SinkError::Rewind`]: a
+    /// sink that asks for a rewind until it is done (a flag in its own state, so that a
+    /// crash between its repair and the rewind still refills) clears the request here.
+    fn rewound(&mut self, ctx: &SinkContext) -> impl Future<Output = Result<(), SinkError>> + Send {
+        let _ = ctx;
+        async { Ok(()) }
     }
 }
 

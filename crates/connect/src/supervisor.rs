@@ -181,6 +181,7 @@ pub async fn run(c: Connect, mut stop: watch::Receiver<bool>) -> Result<(), Stri
                     }
                     c.set_info(id, None);
                 }
+                WorkerExit::Rewound(_) => c.set_info(id, None), // restarted by the reconcile below
                 WorkerExit::Failed(e) => {
                     tracing::error!(integration = %id, kind = w.kind, error = e, "worker failed; restarting in 5 s");
                     backoff.insert(id, Instant::now() + Duration::from_secs(5));

@@ -126,6 +126,9 @@ pub enum WorkerExit {
     Paused(String),
     /// Something failed (broker, registry); the supervisor restarts it later.
     Failed(String),
+    /// The sink asked for its events again ([`SinkError::Rewind`]): the committed offsets
+    /// were moved back to the oldest the topics hold; the supervisor restarts it at once.
+    Rewound(String),
 }
 
 /// A consumed record and its event.
@@ -217,6 +220,34 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| format!("blocking task: {e}"))
+}
+
+/// Moves the integration's committed offsets back to the oldest each of its partitions
+/// holds, then tells the sink ([`Sink::rewound`]); the worker exits to be restarted from
+/// there.
+async fn rewind<S: Sink>(
+    consumer: &Arc<StreamConsumer>,
+    assigned: &TopicPartitionList,
+    sink: &mut S,
+    ctx: &SinkContext,
+    message: String,
+) -> Result<WorkerExit, String> {
+    let (c, parts) = (consumer.clone(), assigned.clone());
+    blocking(move || {
+        let mut tpl = TopicPartitionList::new();
+        for e in parts.elements() {
+            let (low, _) = c
+                .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(10))
+                .map_err(|e| e.to_string())?;
+            tpl.add_partition_offset(e.topic(), e.partition(), Offset::Offset(low))
+                .map_err(|e| e.to_string())?;
+        }
+        c.commit(&tpl, CommitMode::Sync).map_err(|e| e.to_string())
+    })
+    .await??;
+    sink.rewound(ctx).await.map_err(|e| e.to_string())?;
+    tracing::warn!(integration = %ctx.integration_id, reason = message, "the sink asked for its events again; reading them from the oldest the topics hold");
+    Ok(WorkerExit::Rewound(message))
 }
 
 async fn work<S: Sink>(
@@ -312,6 +343,9 @@ async fn work<S: Sink>(
         match sink.start(&ctx).await {
             Ok(()) => break,
             Err(SinkError::Fatal { message }) => return Ok(WorkerExit::Paused(message)),
+            Err(SinkError::Rewind { message }) => {
+                return rewind(&consumer, &assigned, sink, &ctx, message).await;
+            }
             Err(SinkError::Retryable {
                 message,
                 retry_after,
@@ -466,6 +500,9 @@ async fn work<S: Sink>(
                     Err(SinkError::Fatal { message }) => {
                         span.record("otel.status_code", "error");
                         return Ok(WorkerExit::Paused(message));
+                    }
+                    Err(SinkError::Rewind { message }) => {
+                        return rewind(&consumer, &assigned, sink, &ctx, message).await;
                     }
                     Err(SinkError::Retryable {
                         message,

@@ -89,6 +89,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0014_trace_context",
         sql: include_str!("../../../migrations/0014_trace_context.sql"),
     },
+    Migration {
+        version: 15,
+        name: "0015_sheets_refill",
+        sql: include_str!("../../../migrations/0015_sheets_refill.sql"),
+    },
 ];
 
 /// Advisory lock key held while migrating ("collect" in ASCII).

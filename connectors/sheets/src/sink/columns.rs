@@ -1,28 +1,30 @@
-//! Columns stay where the connector put them, or it stops before writing.
-//!
-//! A person may insert, delete or move columns among the connector's (a checkbox column
-//! before the data, a question's column dragged elsewhere). Writing by the stored layout
-//! would then put answers under the wrong headers and over the person's cells. Every column
-//! of the connector carries developer metadata (key [`KEY`], value `fixed:<n>` or
-//! `question:<id>`, on the column's dimension range), which Google moves with the column
-//! through inserts, deletes, moves and sorts and deletes with it (Sheets API v4, "Read,
-//! write, and search metadata"). The header row is read with every batch's verification
-//! read (no extra request); only when it differs from what the connector wrote does it
-//! search the metadata (one read). If a column of its is not where the layout says, the
-//! integration pauses with the reason, before anything is written, until a person puts the
-//! columns back and resumes it. A header whose text alone changed (a person typed over it)
-//! is rewritten. Following the columns to where they went is not done yet (README).
+//! Columns follow their question. A person may insert, delete or move columns among the
+//! connector's (a checkbox column before the data, a question's column dragged elsewhere);
+//! writing by the stored layout would then put answers under the wrong headers and over the
+//! person's cells. Every column of the connector carries developer metadata (key [`KEY`],
+//! value `fixed:<n>` or `question:<id>`, on the column's dimension range), which Google
+//! moves with the column through inserts, deletes, moves and sorts, and deletes with it
+//! (Sheets API v4, "Read, write, and search metadata"). Row 1 is read with every batch's
+//! verification read (no extra request); only when it differs from the header written
+//! where the connector believes its columns are does it search the metadata (one read) and
+//! learn where each column is now: its *place* in the tab. Writes then go to the places,
+//! in one range per run of adjacent columns, so a person's column among them is never
+//! written. A column a person deleted stays deleted: its values are no longer written to
+//! that tab. Only the Response ID column cannot go (rows are found by it): its deletion
+//! pauses the integration with the reason. A header typed over is written again.
 
 use std::collections::{HashMap, HashSet};
 
 use collect_connect::{SinkContext, SinkError};
 use google_sheets4::api::{
     CreateDeveloperMetadataRequest, DeveloperMetadata, DeveloperMetadataLocation, DimensionRange,
-    Request,
+    Request, ValueRange,
 };
+use serde_json::Value;
 
 use super::{SheetsSink, to_sink};
 use crate::layout::{FIXED, column_letters};
+use crate::state::Tab;
 
 /// Key of the developer metadata on each of the connector's columns.
 pub(super) const KEY: &str = "collect.column";
@@ -48,6 +50,72 @@ impl SheetsSink {
             label: c.label.clone(),
         });
         fixed.chain(questions).collect()
+    }
+
+    /// The column (0-based) of layout column `layout` in the tab with sheet id `sheet`;
+    /// `None` where a person deleted it. A layout column made since the places were learnt
+    /// goes right of the rightmost of ours.
+    pub(super) fn place(&self, sheet: i64, layout: usize) -> Option<usize> {
+        let Some(p) = self.places.get(&sheet) else {
+            return Some(layout);
+        };
+        match p.get(layout) {
+            Some(at) => at.map(|c| c as usize),
+            None => {
+                let right = p
+                    .iter()
+                    .flatten()
+                    .map(|c| *c as usize + 1)
+                    .max()
+                    .unwrap_or(0);
+                Some(right + (layout - p.len()))
+            }
+        }
+    }
+
+    /// Columns the widest tab needs: one past the rightmost place of ours.
+    pub(super) fn span(&self) -> usize {
+        let width = self.width();
+        self.tabs
+            .iter()
+            .flat_map(|t| (0..width).filter_map(|i| self.place(t.sheet_id, i)))
+            .map(|c| c + 1)
+            .max()
+            .unwrap_or(0)
+            .max(width)
+    }
+
+    /// Row `row` (0-based) of tab `tab` as the ranges that write layout-ordered `cells` to
+    /// their places: one range per run of adjacent columns, so a person's column among
+    /// ours is never written, nor a deleted one's.
+    pub(super) fn scatter(&self, tab: &Tab, row: u32, cells: &[Value]) -> Vec<ValueRange> {
+        let mut at: Vec<(usize, &Value)> = cells
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| Some((self.place(tab.sheet_id, i)?, v)))
+            .collect();
+        at.sort_by_key(|(c, _)| *c);
+        let mut runs: Vec<(usize, Vec<Value>)> = Vec::new();
+        for (c, v) in at {
+            match runs.last_mut() {
+                Some((first, vals)) if *first + vals.len() == c => vals.push(v.clone()),
+                _ => runs.push((c, vec![v.clone()])),
+            }
+        }
+        let t = super::rows::quoted(&tab.title);
+        runs.into_iter()
+            .map(|(first, vals)| ValueRange {
+                range: Some(format!(
+                    "{t}!{}{}:{}{}",
+                    column_letters(first),
+                    row + 1,
+                    column_letters(first + vals.len() - 1),
+                    row + 1
+                )),
+                values: Some(vec![vals]),
+                major_dimension: None,
+            })
+            .collect()
     }
 
     /// Where our tags are now: (sheet id, value) to the columns they are on.
@@ -83,10 +151,9 @@ impl SheetsSink {
         Ok(out)
     }
 
-    /// Tags each column of ours that is not tagged yet, in every tab, where the layout puts
-    /// it. Call only where the layout is known to hold (after [`Self::columns_moved`] found
-    /// nothing, or for columns just made): one search, and one `batchUpdate` when any tag
-    /// is missing.
+    /// Tags each column of ours not yet tagged, in every tab, at its place (a deleted one
+    /// stays untagged). Call where the places are known (after [`Self::follow_columns`], or
+    /// for columns just made): one search, and one `batchUpdate` when any tag is missing.
     pub(super) async fn tag_columns(&mut self, ctx: &SinkContext) -> Result<(), SinkError> {
         let found = self.tagged(ctx).await?;
         let mut requests = Vec::new();
@@ -95,6 +162,10 @@ impl SheetsSink {
                 if found.contains_key(&(t.sheet_id, c.value.clone())) {
                     continue;
                 }
+                let Some(at) = self.place(t.sheet_id, c.index as usize) else {
+                    continue;
+                };
+                let at = at as i32;
                 requests.push(Request {
                     create_developer_metadata: Some(CreateDeveloperMetadataRequest {
                         developer_metadata: Some(DeveloperMetadata {
@@ -104,8 +175,8 @@ impl SheetsSink {
                                 dimension_range: Some(DimensionRange {
                                     sheet_id: Some(t.sheet_id as i32),
                                     dimension: Some("COLUMNS".into()),
-                                    start_index: Some(c.index),
-                                    end_index: Some(c.index + 1),
+                                    start_index: Some(at),
+                                    end_index: Some(at + 1),
                                 }),
                                 ..Default::default()
                             }),
@@ -120,68 +191,69 @@ impl SheetsSink {
         self.structure(ctx, requests, Vec::new()).await
     }
 
-    /// Whether a person moved, inserted or deleted columns among ours: the reason, for the
-    /// operator, or `None` when every tagged column of every tab is where the layout says.
-    /// `headers` is row 1 of each tab (by sheet id) as just read: a column without its tag
-    /// (made since the last tagging) is in place if its header cell is empty or shows its
-    /// label. A tab never tagged (by a version before tags) cannot tell and passes.
-    pub(super) async fn columns_moved(
-        &self,
+    /// Learns where each column of ours is in every tab, from the tags (one search), and
+    /// keeps it in `places` (see [`locate`]). A tab never tagged (by a version before tags)
+    /// keeps the layout's places. Fatal only when a tab's Response ID column is gone.
+    /// Returns whether any place changed.
+    pub(super) async fn follow_columns(
+        &mut self,
         ctx: &SinkContext,
         headers: &HashMap<i64, Vec<String>>,
-    ) -> Result<Option<String>, SinkError> {
+    ) -> Result<bool, SinkError> {
         let found = self.tagged(ctx).await?;
-        let tagged_tabs: HashSet<i64> = found.keys().map(|(s, _)| *s).collect();
         let ours = self.ours();
-        let last = column_letters(self.width().saturating_sub(1));
+        let width = self.width();
+        let mut places = HashMap::new();
+        let mut changed = false;
         for t in &self.tabs {
-            if !tagged_tabs.contains(&t.sheet_id) {
+            let tags: HashMap<&str, &Vec<i32>> = found
+                .iter()
+                .filter(|((sheet, _), _)| *sheet == t.sheet_id)
+                .map(|((_, v), at)| (v.as_str(), at))
+                .collect();
+            if tags.is_empty() {
                 continue;
             }
-            let header = headers.get(&t.sheet_id);
-            let mut problems = Vec::new();
-            for c in &ours {
-                let was = column_letters(c.index as usize);
-                match found.get(&(t.sheet_id, c.value.clone())) {
-                    Some(at) if at.contains(&c.index) => {}
-                    Some(at) => problems.push(format!(
-                        "'{}' is now column {} (was {was})",
-                        c.label,
-                        column_letters(at.first().copied().unwrap_or(0).max(0) as usize)
-                    )),
-                    None => {
-                        let shown = header
-                            .and_then(|h| h.get(c.index as usize))
-                            .map(|s| s.trim())
-                            .unwrap_or("");
-                        if !shown.is_empty() && shown != c.label.trim() {
-                            problems.push(format!(
-                                "column {was} shows '{shown}' where '{}' was (deleted or moved)",
-                                c.label
-                            ));
-                        }
-                    }
-                }
-            }
-            if !problems.is_empty() {
-                let shown: Vec<String> = problems.iter().take(3).cloned().collect();
-                let more = problems.len().saturating_sub(3);
-                return Ok(Some(format!(
-                    "in tab '{}' of spreadsheet {}, a person inserted, deleted or moved columns \
-                     among the connector's columns A-{last}: {}{}. Put them back (a column of \
-                     your own goes right of column {last}), then resume the integration",
-                    t.title,
-                    self.spreadsheet,
-                    shown.join("; "),
-                    if more > 0 {
-                        format!(" and {more} more")
-                    } else {
-                        String::new()
-                    }
+            let empty = Vec::new();
+            let header = headers.get(&t.sheet_id).unwrap_or(&empty);
+            let place = locate(&ours, &tags, header, width);
+            if place[0].is_none() {
+                return Err(SinkError::fatal(format!(
+                    "the Response ID column of tab '{}' in spreadsheet {} was deleted: the \
+                     connector finds each response's row by it. Restore it (undo the deletion), \
+                     then resume the integration",
+                    t.title, self.spreadsheet
                 )));
             }
+            let identity = place.iter().enumerate().all(|(i, p)| *p == Some(i as i32));
+            let now = (!identity).then_some(place);
+            if self.places.get(&t.sheet_id) != now.as_ref() {
+                changed = true;
+                let moves: Vec<String> = match &now {
+                    Some(p) => ours
+                        .iter()
+                        .filter(|c| p[c.index as usize] != Some(c.index))
+                        .take(10)
+                        .map(|c| match p[c.index as usize] {
+                            Some(to) => format!(
+                                "'{}' {} -> {}",
+                                c.label,
+                                column_letters(c.index as usize),
+                                column_letters(to as usize)
+                            ),
+                            None => format!("'{}' deleted", c.label),
+                        })
+                        .collect(),
+                    None => vec!["back where the layout puts them".into()],
+                };
+                tracing::warn!(integration = %ctx.integration_id, tab = t.title, columns = moves.join(", "), "a person moved, inserted or deleted columns; following them");
+            }
+            if let Some(p) = now {
+                places.insert(t.sheet_id, p);
+            }
         }
-        Ok(None)
+        self.places = places;
+        Ok(changed)
     }
 
     /// Row 1 of every tab, as text, by sheet id (one read).
@@ -211,6 +283,40 @@ impl SheetsSink {
     }
 }
 
+/// Where each layout column of a tab is (`None`: a person deleted it): by its tag (the one
+/// on its layout column if several), else, for a column made since the last tagging, where
+/// the layout put it if no other column of ours is there and row 1 shows its label or
+/// nothing there.
+fn locate(
+    ours: &[Ours],
+    tags: &HashMap<&str, &Vec<i32>>,
+    header: &[String],
+    width: usize,
+) -> Vec<Option<i32>> {
+    let mut place: Vec<Option<i32>> = vec![None; width];
+    for c in ours {
+        if let Some(at) = tags.get(c.value.as_str()) {
+            place[c.index as usize] = Some(if at.contains(&c.index) {
+                c.index
+            } else {
+                at.iter().copied().min().unwrap_or(c.index)
+            });
+        }
+    }
+    let taken: HashSet<i32> = place.iter().flatten().copied().collect();
+    for c in ours {
+        let i = c.index as usize;
+        if place[i].is_some() || taken.contains(&c.index) {
+            continue;
+        }
+        let shown = header.get(i).map_or("", |s| s.trim());
+        if shown.is_empty() || shown == c.label.trim() {
+            place[i] = Some(c.index);
+        }
+    }
+    place
+}
+
 /// The first row of a read range, as text.
 pub(super) fn header_text(vr: &google_sheets4::api::ValueRange) -> Vec<String> {
     vr.values
@@ -222,14 +328,19 @@ pub(super) fn header_text(vr: &google_sheets4::api::ValueRange) -> Vec<String> {
 
 /// Whether row 1 as shown matches the header the connector last wrote (`written`, the
 /// layout's labels): every cell equal, or the row empty (never written yet).
-pub(super) fn header_holds(shown: &[String], written: &[String]) -> bool {
+/// `place` gives each layout column's column in the tab (`None`: deleted, not checked).
+pub(super) fn header_holds(
+    shown: &[String],
+    written: &[String],
+    place: impl Fn(usize) -> Option<usize>,
+) -> bool {
     if shown.iter().all(|s| s.trim().is_empty()) {
         return true;
     }
-    written
-        .iter()
-        .enumerate()
-        .all(|(i, w)| shown.get(i).map_or("", |s| s.trim()) == w.trim())
+    written.iter().enumerate().all(|(i, w)| match place(i) {
+        Some(at) => shown.get(at).map_or("", |s| s.trim()) == w.trim(),
+        None => true,
+    })
 }
 
 #[cfg(test)]
@@ -239,12 +350,59 @@ mod tests {
     #[test]
     fn a_header_holds_when_equal_or_never_written() {
         let w = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert!(header_holds(&w(&["A", "B"]), &w(&["A", "B"])));
-        assert!(header_holds(&w(&["A ", "B", "notes"]), &w(&["A", "B"])));
-        assert!(header_holds(&w(&[]), &w(&["A", "B"])));
-        assert!(header_holds(&w(&["", ""]), &w(&["A", "B"])));
-        assert!(!header_holds(&w(&["B", "A"]), &w(&["A", "B"])));
-        assert!(!header_holds(&w(&["x", "A", "B"]), &w(&["A", "B"])));
-        assert!(!header_holds(&w(&["A"]), &w(&["A", "B"])));
+        let same = |i: usize| Some(i);
+        assert!(header_holds(&w(&["A", "B"]), &w(&["A", "B"]), same));
+        assert!(header_holds(
+            &w(&["A ", "B", "notes"]),
+            &w(&["A", "B"]),
+            same
+        ));
+        assert!(header_holds(&w(&[]), &w(&["A", "B"]), same));
+        assert!(header_holds(&w(&["", ""]), &w(&["A", "B"]), same));
+        assert!(!header_holds(&w(&["B", "A"]), &w(&["A", "B"]), same));
+        assert!(!header_holds(&w(&["x", "A", "B"]), &w(&["A", "B"]), same));
+        assert!(!header_holds(&w(&["A"]), &w(&["A", "B"]), same));
+        // Followed: B was moved right of a person's column; a deleted column is not checked.
+        let moved = |i: usize| [Some(0), Some(2)][i];
+        assert!(header_holds(
+            &w(&["A", "notes", "B"]),
+            &w(&["A", "B"]),
+            moved
+        ));
+        let deleted = |i: usize| [Some(0), None][i];
+        assert!(header_holds(&w(&["A", "notes"]), &w(&["A", "B"]), deleted));
+    }
+
+    #[test]
+    fn columns_are_located_by_tag_then_by_header() {
+        let ours: Vec<Ours> = ["Response ID", "Name", "Phone"]
+            .iter()
+            .enumerate()
+            .map(|(i, l)| Ours {
+                value: format!("v{i}"),
+                index: i as i32,
+                label: (*l).to_string(),
+            })
+            .collect();
+        let header: Vec<String> = ["Response ID", "Phone", "Note", "Name"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let (a, b) = (vec![0], vec![3]);
+        // Name's tag moved to D; Phone has no tag yet and C is nobody's: it stays at its
+        // layout column only if row 1 shows it there (it shows "Note": deleted or moved).
+        let tags: HashMap<&str, &Vec<i32>> = HashMap::from([("v0", &a), ("v1", &b)]);
+        assert_eq!(
+            locate(&ours, &tags, &header, 3),
+            vec![Some(0), Some(3), None]
+        );
+        let header: Vec<String> = ["Response ID", "x", "Phone"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            locate(&ours, &tags, &header, 3),
+            vec![Some(0), Some(3), Some(2)]
+        );
     }
 }

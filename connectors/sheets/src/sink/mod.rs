@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::auth::Auth;
 use crate::config::{Config, Credentials, OnCellLimit};
-use crate::layout::{FIXED, row_cells, row_range};
+use crate::layout::{FIXED, row_cells};
 use crate::service::{CallError, Service};
 use crate::state::{Column, RowAt, State, Tab};
 
@@ -41,6 +41,10 @@ pub struct SheetsSink {
     /// Grid size (rows, columns) of every sheet of the spreadsheet, ours or not.
     grids: HashMap<i64, (u32, u32)>,
     columns: HashMap<Uuid, Column>,
+    /// Where a person moved our columns, per tab (sheet id): the column of each layout
+    /// column, `None` where deleted. A tab whose columns are where the layout puts them has
+    /// no entry (columns.rs).
+    places: HashMap<i64, Vec<Option<i32>>>,
 }
 
 impl SheetsSink {
@@ -62,6 +66,7 @@ impl SheetsSink {
             tabs: Vec::new(),
             grids: HashMap::new(),
             columns: HashMap::new(),
+            places: HashMap::new(),
         }
     }
 
@@ -150,7 +155,9 @@ impl SheetsSink {
         }
         for attempt in 0..2 {
             let token = auth.token().await.map_err(|e| match e {
-                SinkError::Fatal { message } => CallError::Fatal(message),
+                SinkError::Fatal { message } | SinkError::Rewind { message } => {
+                    CallError::Fatal(message)
+                }
                 SinkError::Retryable {
                     message,
                     retry_after,
@@ -308,28 +315,37 @@ impl Sink for SheetsSink {
             state.reserve(ctx.lease_generation, &tabs, &[], &[]).await?;
         }
         // Tabs are followed by their sheet id: a renamed tab keeps its rows.
-        rows::follow_tabs(ctx, &state, &mut tabs, &titles, &id).await?;
+        let gone = rows::follow_tabs(ctx, &state, &mut tabs, &titles).await?;
         self.tabs = tabs;
         self.columns = columns;
         self.state = Some(state);
-        // Columns a person moved among ours stop the integration before anything is written
-        // (columns.rs).
+        self.tabs_gone(ctx, gone, &titles).await?;
+        // Columns go where a person moved them (columns.rs).
         let headers = self.read_headers(ctx).await?;
-        if let Some(reason) = self.columns_moved(ctx, &headers).await? {
-            return Err(SinkError::fatal(reason));
-        }
+        self.follow_columns(ctx, &headers).await?;
         // The header of every tab, rewritten as it is (idempotent).
         self.ensure_width(ctx).await?;
-        let header = self.header();
         let data = self
             .tabs
             .iter()
-            .map(|t| header_range(&t.title, &header))
+            .flat_map(|t| self.header_ranges(t))
             .collect();
         self.write_values(ctx, data, &[], true)
             .await
             .map_err(Refusal::into_sink)?;
-        self.tag_columns(ctx).await
+        self.tag_columns(ctx).await?;
+        // A recreated tab whose refill the runtime has not started yet (a crash came between).
+        if self.state()?.refill_requested().await? {
+            return Err(SinkError::Rewind {
+                message: "a recreated tab waits for its refill".into(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn rewound(&mut self, ctx: &SinkContext) -> Result<(), SinkError> {
+        let _ = ctx;
+        self.state()?.refill_started().await
     }
 
     async fn write(
@@ -490,11 +506,15 @@ impl Sink for SheetsSink {
                     fresh = true;
                 }
                 rows::Seen::Header(headers) => {
-                    if let Some(reason) = self.columns_moved(ctx, &headers).await? {
-                        return Err(SinkError::fatal(reason));
+                    // Columns moved (followed from here on), or only the header's text
+                    // changed (a person typed over it, or a relabel not written yet): this
+                    // batch writes the header again either way.
+                    let moved = self.follow_columns(ctx, &headers).await?;
+                    if moved && next_col > first_new {
+                        // New questions' columns go right of ours where they are now.
+                        self.free_columns(ctx, first_new, next_col - first_new)
+                            .await?;
                     }
-                    // Only the text of the header changed (a person typed over it, or a
-                    // relabel not written yet): this batch writes it again.
                     header_needed = true;
                     check_header = false;
                 }
@@ -509,7 +529,8 @@ impl Sink for SheetsSink {
             self.ensure_width(ctx).await?;
         }
         let tabs_before = self.tabs.len();
-        self.make_room(ctx, &mut placed, &mut new_rows, width)
+        let span = self.span();
+        self.make_room(ctx, &mut placed, &mut new_rows, span)
             .await?;
         // Reserve before writing: a crash now leaves rows reserved, never doubled.
         self.state()?
@@ -521,9 +542,8 @@ impl Sink for SheetsSink {
         }
         let mut data: Vec<(Option<Uuid>, ValueRange)> = Vec::new();
         if header_needed {
-            let header = self.header();
             for t in &self.tabs {
-                data.push((None, header_range(&t.title, &header)));
+                data.extend(self.header_ranges(t).into_iter().map(|v| (None, v)));
             }
         }
         let columns: HashMap<String, usize> = self
@@ -534,21 +554,16 @@ impl Sink for SheetsSink {
         let mut revisions: Vec<(Uuid, i32)> = Vec::new();
         for (id, at) in &placed {
             let (_, r) = latest[id];
-            let tab = self
-                .tabs
-                .iter()
-                .find(|t| t.index == at.tab)
-                .map(|t| t.title.clone())
-                .unwrap_or_default();
+            let Some(tab) = self.tabs.iter().find(|t| t.index == at.tab) else {
+                return Err(SinkError::retryable(format!(
+                    "no tab {} in the ledger",
+                    at.tab
+                )));
+            };
             let cells = row_cells(r, width, self.config.on_delete, |q| columns.get(q).copied());
-            data.push((
-                Some(*id),
-                ValueRange {
-                    range: Some(row_range(&tab, at.row as u32, width)),
-                    values: Some(vec![cells]),
-                    major_dimension: None,
-                },
-            ));
+            for range in self.scatter(tab, at.row as u32, &cells) {
+                data.push((Some(*id), range));
+            }
             revisions.push((*id, r.revision));
         }
         let owners: Vec<Option<Uuid>> = data.iter().map(|(id, _)| *id).collect();
@@ -566,7 +581,7 @@ impl Sink for SheetsSink {
             Err(Refusal::Refused(m)) => {
                 tracing::warn!(integration = %ctx.integration_id, error = m, "Google refused a write; reading the spreadsheet again");
                 self.refresh(ctx).await?;
-                self.grow_for(ctx, &placed, width).await?;
+                self.grow_for(ctx, &placed, self.span()).await?;
                 let values = self.retitled(values, &titles);
                 match self.write_values(ctx, values, &owners, true).await {
                     Ok(r) => r,
@@ -598,15 +613,12 @@ impl Sink for SheetsSink {
     }
 }
 
-fn header_range(tab: &str, header: &[Value]) -> ValueRange {
-    ValueRange {
-        range: Some(row_range(tab, 0, header.len())),
-        values: Some(vec![header.to_vec()]),
-        major_dimension: None,
-    }
-}
-
 impl SheetsSink {
+    /// The header of a tab, at its columns' places.
+    fn header_ranges(&self, t: &Tab) -> Vec<ValueRange> {
+        self.scatter(t, 0, &self.header())
+    }
+
     fn allocate_row(&mut self) -> Result<RowAt, SinkError> {
         let tab = self
             .tabs
@@ -677,17 +689,19 @@ impl SheetsSink {
         width: usize,
     ) -> Result<(), SinkError> {
         self.grow_for(ctx, &[], width).await?;
-        let header = self.header();
-        match self
-            .write_values(ctx, vec![header_range(title, &header)], &[], false)
-            .await
-        {
+        let Some(tab) = self.tabs.iter().find(|t| t.title == title) else {
+            return Err(SinkError::retryable(format!(
+                "no tab '{title}' in the ledger"
+            )));
+        };
+        let header = self.header_ranges(tab);
+        match self.write_values(ctx, header.clone(), &[], false).await {
             Ok(_) => Ok(()),
             Err(Refusal::Refused(m)) => {
                 tracing::warn!(integration = %ctx.integration_id, tab = title, error = m, "Google refused a header; reading the spreadsheet again");
                 self.refresh(ctx).await?;
                 self.grow_for(ctx, &[], width).await?;
-                self.write_values(ctx, vec![header_range(title, &header)], &[], true)
+                self.write_values(ctx, header, &[], true)
                     .await
                     .map(|_| ())
                     .map_err(Refusal::into_sink)
@@ -732,9 +746,9 @@ impl SheetsSink {
         )))
     }
 
-    /// Widens every tab to `self.width()` columns.
+    /// Widens every tab to the columns our places span.
     async fn ensure_width(&mut self, ctx: &SinkContext) -> Result<(), SinkError> {
-        let width = self.width() as u32;
+        let width = self.span() as u32;
         let mut requests = Vec::new();
         let mut grown = Vec::new();
         for t in &self.tabs {

@@ -97,6 +97,31 @@ impl SheetsSink {
             .map_or(0, |(r, _)| *r as i32)
     }
 
+    /// The letter of the Response ID column of a tab (A unless a person moved it).
+    fn id_column(&self, tab: i32) -> String {
+        let sheet = self
+            .tabs
+            .iter()
+            .find(|t| t.index == tab)
+            .map(|t| t.sheet_id);
+        column_letters(sheet.and_then(|s| self.place(s, 0)).unwrap_or(0))
+    }
+
+    /// The columns of our cells in a tab, by layout column, for `width` layout columns.
+    fn our_columns(&self, tab: i32, width: usize) -> Vec<usize> {
+        let sheet = self
+            .tabs
+            .iter()
+            .find(|t| t.index == tab)
+            .map(|t| t.sheet_id);
+        (0..width)
+            .filter_map(|i| match sheet {
+                Some(s) => self.place(s, i),
+                None => Some(i),
+            })
+            .collect()
+    }
+
     fn title(&self, tab: i32) -> String {
         self.tabs
             .iter()
@@ -149,15 +174,16 @@ impl SheetsSink {
                 return Ok(Seen::Moved);
             }
             let t = quoted(&self.title(*tab));
+            let a = self.id_column(*tab);
             if span_count > MAX_RANGES {
-                ranges.push(format!("{t}!A1:A{grid}"));
+                ranges.push(format!("{t}!{a}1:{a}{grid}"));
                 probes.push(Probe::Ids {
                     tab: *tab,
                     first: 0,
                 });
             } else {
                 for (first, last) in spans(rows) {
-                    ranges.push(format!("{t}!A{}:A{}", first + 1, last + 1));
+                    ranges.push(format!("{t}!{a}{}:{a}{}", first + 1, last + 1));
                     probes.push(Probe::Ids { tab: *tab, first });
                 }
             }
@@ -180,11 +206,12 @@ impl SheetsSink {
             if last < *first {
                 continue;
             }
+            let right = self.our_columns(*tab, width).into_iter().max().unwrap_or(0);
             ranges.push(format!(
                 "{}!A{}:{}{}",
                 quoted(&self.title(*tab)),
                 first + 1,
-                column_letters(width.saturating_sub(1)),
+                column_letters(right),
                 last + 1
             ));
             probes.push(Probe::Block {
@@ -213,7 +240,8 @@ impl SheetsSink {
         for (probe, vr) in probes.iter().zip(&got) {
             if let Probe::Header { sheet } = probe {
                 let shown = super::columns::header_text(vr);
-                holds &= super::columns::header_holds(&shown, header.unwrap_or_default());
+                let place = |i: usize| self.place(*sheet, i);
+                holds &= super::columns::header_holds(&shown, header.unwrap_or_default(), place);
                 headers.insert(*sheet, shown);
             }
         }
@@ -233,12 +261,18 @@ impl SheetsSink {
                     }
                 }
                 Probe::Block { tab, first } => {
+                    // Only our columns count: a person's column among them is theirs.
+                    let ours = self.our_columns(*tab, width);
+                    let id_at = ours.first().copied().unwrap_or(0);
                     let mut filled_to: Option<i32> = None;
                     for (i, row) in rows.iter().enumerate() {
-                        if row.iter().all(|v| text(v).trim().is_empty()) {
+                        if ours
+                            .iter()
+                            .all(|c| row.get(*c).is_none_or(|v| text(v).trim().is_empty()))
+                        {
                             continue;
                         }
-                        let first_cell = row.first().map(text).unwrap_or_default();
+                        let first_cell = row.get(id_at).map(text).unwrap_or_default();
                         // A Response ID below our rows: rows were pushed down (a person
                         // inserted rows), not a person's own content.
                         if Uuid::parse_str(first_cell.trim()).is_ok() {
@@ -285,8 +319,9 @@ impl SheetsSink {
             .tabs
             .iter()
             .map(|t| {
+                let a = self.id_column(t.index);
                 format!(
-                    "{}!A1:A{}",
+                    "{}!{a}1:{a}{}",
                     quoted(&t.title),
                     self.grids.get(&t.sheet_id).map_or(1, |(r, _)| (*r).max(1))
                 )
@@ -342,15 +377,25 @@ impl SheetsSink {
         first: i32,
         count: i32,
     ) -> Result<(), SinkError> {
-        let ranges: Vec<String> = self
+        // Where the new columns go in each tab: right of the rightmost of ours.
+        let starts: Vec<i32> = self
             .tabs
             .iter()
             .map(|t| {
+                self.place(t.sheet_id, first as usize)
+                    .map_or(first, |c| c as i32)
+            })
+            .collect();
+        let ranges: Vec<String> = self
+            .tabs
+            .iter()
+            .zip(&starts)
+            .map(|(t, first)| {
                 let rows = self.grids.get(&t.sheet_id).map_or(1, |(r, _)| (*r).max(1));
                 format!(
                     "{}!{}1:{}{rows}",
                     quoted(&t.title),
-                    column_letters(first as usize),
+                    column_letters(*first as usize),
                     column_letters((first + count - 1) as usize)
                 )
             })
@@ -370,7 +415,7 @@ impl SheetsSink {
         };
         let mut requests = Vec::new();
         let mut grown = Vec::new();
-        for (t, vr) in self.tabs.iter().zip(&got) {
+        for ((t, vr), first) in self.tabs.iter().zip(&got).zip(starts) {
             let used = vr
                 .values
                 .clone()
@@ -413,7 +458,61 @@ impl SheetsSink {
             .map_err(to_sink)?;
         let titles = self.take_properties(sheet);
         let state = crate::state::State::new(ctx.db.clone(), ctx.integration_id);
-        follow_tabs(ctx, &state, &mut self.tabs, &titles, &self.spreadsheet).await
+        let gone = follow_tabs(ctx, &state, &mut self.tabs, &titles).await?;
+        // Boxed: recreating a tab writes its header, whose refusal reads the spreadsheet again.
+        Box::pin(self.tabs_gone(ctx, gone, &titles)).await
+    }
+
+    /// Tabs a person deleted: the integration pauses with the reason, or, with
+    /// `on_deleted_tab = "recreate"`, each is added again under its title (or `<title>
+    /// (restored)` when another sheet took it) with its header and column tags, its rows
+    /// are forgotten and a refill is requested in one transaction, and the batch ends with
+    /// [`SinkError::Rewind`] so that every event is read again.
+    pub(super) async fn tabs_gone(
+        &mut self,
+        ctx: &SinkContext,
+        gone: Vec<Tab>,
+        titles: &HashMap<i64, String>,
+    ) -> Result<(), SinkError> {
+        let Some(first) = gone.first() else {
+            return Ok(());
+        };
+        if self.config.on_deleted_tab == crate::config::OnDeletedTab::Pause {
+            return Err(SinkError::fatal(format!(
+                "the tab '{}' (sheet id {}) was deleted from spreadsheet {}; re-point the \
+                 integration to refill a spreadsheet, or set on_deleted_tab = \"recreate\"",
+                first.title, first.sheet_id, self.spreadsheet
+            )));
+        }
+        let state = crate::state::State::new(ctx.db.clone(), ctx.integration_id);
+        let span = self.span().max(26) as u32;
+        for t in &gone {
+            let taken = titles.values().any(|v| *v == t.title);
+            let title = if taken {
+                format!("{} (restored)", t.title)
+            } else {
+                t.title.clone()
+            };
+            let sheet_id = self.add_sheet(ctx, &title, 1000, span).await?;
+            let lost = state
+                .recreated(ctx.lease_generation, t.index, sheet_id, &title)
+                .await?;
+            self.places.remove(&t.sheet_id);
+            if let Some(mine) = self.tabs.iter_mut().find(|m| m.index == t.index) {
+                mine.sheet_id = sheet_id;
+                mine.title = title.clone();
+                mine.next_row = 1;
+            }
+            tracing::warn!(integration = %ctx.integration_id, tab = title, rows = lost, "a person deleted the tab; recreated it, and reading every event again to refill it");
+            self.write_header_to(ctx, &title, span as usize).await?;
+        }
+        self.tag_columns(ctx).await?;
+        Err(SinkError::Rewind {
+            message: format!(
+                "the tab '{}' of spreadsheet {} was deleted and recreated; refilling it",
+                first.title, self.spreadsheet
+            ),
+        })
     }
 
     /// Records every grid's size from a `spreadsheets.get` answer (replacing what was
@@ -441,14 +540,15 @@ impl SheetsSink {
 }
 
 /// Follows each of our tabs by its sheet id to its title in `titles` (a person may have
-/// renamed it; the new title is stored). A tab that is gone is fatal with the reason.
+/// renamed it; the new title is stored). Returns the tabs that are gone (a person deleted
+/// them): see [`SheetsSink::tabs_gone`].
 pub(super) async fn follow_tabs(
     ctx: &SinkContext,
     state: &State,
     tabs: &mut [Tab],
     titles: &HashMap<i64, String>,
-    spreadsheet: &str,
-) -> Result<(), SinkError> {
+) -> Result<Vec<Tab>, SinkError> {
+    let mut gone = Vec::new();
     for t in tabs {
         match titles.get(&t.sheet_id) {
             Some(title) if *title != t.title => {
@@ -457,16 +557,10 @@ pub(super) async fn follow_tabs(
                 t.title = title.clone();
             }
             Some(_) => {}
-            None => {
-                return Err(SinkError::fatal(format!(
-                    "the tab '{}' (sheet id {}) was deleted from spreadsheet {spreadsheet}; \
-                     re-point the integration to refill a spreadsheet",
-                    t.title, t.sheet_id
-                )));
-            }
+            None => gone.push(t.clone()),
         }
     }
-    Ok(())
+    Ok(gone)
 }
 
 #[cfg(test)]
