@@ -10,7 +10,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::providers::{Google, GoogleSheet, SECRET, Texts, collect, connector, load};
+use common::providers::{Google, GoogleSheet, SECRET, Texts, collect, connector, load, redrive};
 use common::{Proc, env, reader};
 use serde_json::{Value, json};
 
@@ -380,28 +380,8 @@ async fn dead_letters_are_listed_and_redriven_after_a_fix() {
             .unwrap();
         assert!(r.status().is_success());
     }
-    let redrive = || {
-        let out = collect(
-            &e,
-            &brokers,
-            &[
-                "dead-letters",
-                "redrive",
-                "--integration",
-                id.as_str(),
-                "--all",
-                "--secret-key",
-                SECRET,
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<Value>(&out.stdout).unwrap()
-    };
-    let report = redrive();
+    let redrive_all = || redrive(&e, &brokers, &id);
+    let report = redrive_all();
     assert_eq!(
         (report["redriven"].as_u64(), report["written"].as_u64()),
         (Some(3), Some(2)),
@@ -417,7 +397,7 @@ async fn dead_letters_are_listed_and_redriven_after_a_fix() {
     assert_eq!(texted.get(&opted[0]), Some(&1));
     assert_eq!(texted.get(&opted[1]), Some(&1));
     // Re-driving again sends nothing twice.
-    redrive();
+    redrive_all();
     let again = texts.per_response().await;
     assert_eq!(again, texted);
     connect.kill9();

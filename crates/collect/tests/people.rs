@@ -1,8 +1,10 @@
 //! A spreadsheet is shared with people: between the connector's writes a person swaps rows
-//! (a sort by hand), types a total and notes beside and below the data, trims the grid to the
-//! rows in use and renames the tab; the connector is killed with SIGKILL on the way. In the
-//! end every response is in exactly one row at its newest revision and everything the person
-//! typed is still there, and no response went to the dead-letter topic.
+//! (a sort by hand), types a total and notes beside and below the data, inserts and deletes
+//! rows, trims the grid to the rows in use, renames the tab, inserts a column among the
+//! connector's and drags a question's column elsewhere; the connector is killed with SIGKILL
+//! and Google answers storms of 503 (some after applying the write) and 429 on the way. In
+//! the end every response is in exactly one row at its newest revision, everything the
+//! person typed is still there, and no response went to the dead-letter topic.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -10,7 +12,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::providers::{Google, connector};
+use common::providers::{
+    Google, GoogleSheet, collect, connector, load_with, named_form_with_sheet, redrive,
+};
 use common::{Env, env, metric, reader};
 use serde_json::{Value, json};
 
@@ -70,8 +74,9 @@ async fn sheet_id(google: &Google, token: &str, spreadsheet: &str, title: &str) 
         .unwrap()
 }
 
-/// A person's edit: a Sheets API POST under `path` (after the spreadsheet id) that must work.
-async fn person(google: &Google, token: &str, spreadsheet: &str, path: &str, body: Value) {
+/// A person's edit: a Sheets API POST under `path` (after the spreadsheet id) that must work;
+/// Google's answer.
+async fn person(google: &Google, token: &str, spreadsheet: &str, path: &str, body: Value) -> Value {
     let r = reqwest::Client::new()
         .post(format!(
             "{}/v4/spreadsheets/{spreadsheet}{path}",
@@ -83,11 +88,21 @@ async fn person(google: &Google, token: &str, spreadsheet: &str, path: &str, bod
         .await
         .unwrap();
     let status = r.status();
-    assert!(
-        status.is_success(),
-        "{path}: {status} {}",
-        r.text().await.unwrap()
-    );
+    let text = r.text().await.unwrap();
+    assert!(status.is_success(), "{path}: {status} {text}");
+    serde_json::from_str(&text).unwrap_or(Value::Null)
+}
+
+/// A person typing: `data` is `values:batchUpdate`'s list of `{range, values}`, taken RAW.
+async fn type_cells(google: &Google, token: &str, spreadsheet: &str, data: Value) {
+    person(
+        google,
+        token,
+        spreadsheet,
+        "/values:batchUpdate",
+        json!({"valueInputOption": "RAW", "data": data}),
+    )
+    .await;
 }
 
 /// Rows whose first cell is `id`.
@@ -107,7 +122,7 @@ async fn wait_rows(
 ) -> Vec<Vec<Value>> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
-        let v = cells(google, token, spreadsheet, &format!("{tab}!A1:J")).await;
+        let v = cells(google, token, spreadsheet, &format!("{tab}!A1:Z")).await;
         let done = want.iter().all(|(id, name)| {
             let rows = rows_of(&v, id);
             rows.len() == 1 && rows[0].iter().any(|c| c.as_str() == Some(name.as_str()))
@@ -123,20 +138,26 @@ async fn wait_rows(
     }
 }
 
+/// Edits a response's name through the API; returns the new name.
+async fn rename(e: &Env, id: &str, name: &str) -> String {
+    let (s, r) = e
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/v1/forms/{}/responses/{id}", e.form_id()),
+            Some(json!({"answers": {"name": name}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{r}");
+    name.to_string()
+}
+
 async fn submit(e: &Env, name: &str) -> (String, String) {
     (e.submit(json!({ "name": name })).await, name.to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn people_edit_the_sheet_between_the_connectors_writes_and_every_response_keeps_one_row() {
-    let e = env(json!({"title": "Shared", "questions": [
-        {"label": "Name", "type": "text", "alias": "name", "required": true}
-    ]}))
-    .await;
-    let broker = collect_testkit::shared_broker().await.unwrap();
-    let brokers = broker.bootstrap();
-    let google = Google::start().await;
-    let gs = google.sheet().await;
+    let (e, brokers, google, gs) = named_form_with_sheet("Shared").await;
     let (sheet, token) = (gs.spreadsheet.clone(), gs.token.clone());
     let cdc = reader(&e, &brokers);
     cdc.wait("/status", |v| v["state"] == "streaming").await;
@@ -160,46 +181,43 @@ async fn people_edit_the_sheet_between_the_connectors_writes_and_every_response_
     let v = wait_rows(&google, &token, &sheet, "Responses", &want).await;
 
     // A person sorts by hand: rows 2 and 3 trade places. Then Ada's answer is edited.
-    person(
+    type_cells(
         &google,
         &token,
         &sheet,
-        "/values:batchUpdate",
-        json!({"valueInputOption": "RAW", "data": [
+        json!([
             {"range": "Responses!A2", "values": [v[2]]},
             {"range": "Responses!A3", "values": [v[1]]}
-        ]}),
+        ]),
     )
     .await;
-    let (s, _) = e
-        .call(
-            reqwest::Method::PATCH,
-            &format!("/v1/forms/{}/responses/{}", e.form_id(), want[0].0),
-            Some(json!({"answers": {"name": "Ada (edited)"}})),
-        )
-        .await;
-    assert_eq!(s, 200);
-    want[0].1 = "Ada (edited)".into();
+    want[0].1 = rename(&e, &want[0].0, "Ada (edited)").await;
     wait_rows(&google, &token, &sheet, "Responses", &want).await;
 
     // A person types a total under the data and a note beside it, in the rows new responses
     // would take next; the connector is killed meanwhile.
-    person(
+    type_cells(
         &google,
         &token,
         &sheet,
-        "/values:batchUpdate",
-        json!({"valueInputOption": "RAW", "data": [
+        json!([
             {"range": "Responses!A5:B5", "values": [["Total", 3]]},
             {"range": "Responses!H1:H2", "values": [["Notes"], ["call back"]]}
-        ]}),
+        ]),
     )
     .await;
+    // Google answers 503 to a third of the requests, and fails a fifth of the writes after
+    // applying them, while the connector is killed and new responses arrive.
+    google
+        .faults(json!({"error_rate": 0.3, "error_status": 503, "fail_after_write_rate": 0.2}))
+        .await;
     connect.kill9();
     connect = connector(&e, &brokers);
     want.push(submit(&e, "Dee").await);
     want.push(submit(&e, "Eve").await);
+    google.wait_stat("injected_errors", 2).await;
     wait_rows(&google, &token, &sheet, "Responses", &want).await;
+    google.faults(json!({})).await;
 
     // A person inserts two empty rows in the middle of the data and deletes another
     // response's row (Dee's); then Dee's answer is edited and a new response arrives: rows
@@ -223,15 +241,7 @@ async fn people_edit_the_sheet_between_the_connectors_writes_and_every_response_
         ]}),
     )
     .await;
-    let (s, _) = e
-        .call(
-            reqwest::Method::PATCH,
-            &format!("/v1/forms/{}/responses/{}", e.form_id(), want[3].0),
-            Some(json!({"answers": {"name": "Dee (edited)"}})),
-        )
-        .await;
-    assert_eq!(s, 200);
-    want[3].1 = "Dee (edited)".into();
+    want[3].1 = rename(&e, &want[3].0, "Dee (edited)").await;
     want.push(submit(&e, "Eli").await);
     wait_rows(&google, &token, &sheet, "Responses", &want).await;
 
@@ -248,10 +258,14 @@ async fn people_edit_the_sheet_between_the_connectors_writes_and_every_response_
             "fields": "gridProperties.rowCount"}}]}),
     )
     .await;
+    // A storm of 429s while they arrive (Google's quota exhausted for a few seconds).
+    google.faults(json!({"throttle_seconds": 4})).await;
     for n in ["Fay", "Gus", "Hal"] {
         want.push(submit(&e, n).await);
     }
+    google.wait_stat("throttled", 1).await;
     wait_rows(&google, &token, &sheet, "Responses", &want).await;
+    google.faults(json!({})).await;
 
     // A person renames the tab; an old response is edited and a new one arrives.
     person(
@@ -263,15 +277,7 @@ async fn people_edit_the_sheet_between_the_connectors_writes_and_every_response_
             "properties": {"sheetId": gid, "title": "Sign-ups"}, "fields": "title"}}]}),
     )
     .await;
-    let (s, _) = e
-        .call(
-            reqwest::Method::PATCH,
-            &format!("/v1/forms/{}/responses/{}", e.form_id(), want[1].0),
-            Some(json!({"answers": {"name": "Bob (edited)"}})),
-        )
-        .await;
-    assert_eq!(s, 200);
-    want[1].1 = "Bob (edited)".into();
+    want[1].1 = rename(&e, &want[1].0, "Bob (edited)").await;
     want.push(submit(&e, "Ivy").await);
     wait_rows(&google, &token, &sheet, "'Sign-ups'", &want).await;
 
@@ -325,6 +331,60 @@ async fn people_edit_the_sheet_between_the_connectors_writes_and_every_response_
         v[0]
     );
 
+    // A person inserts a column among the connector's (C, "Checked", with a mark on Ada's
+    // row), then drags the Name column to the far right; Eve's answer is edited and a new
+    // response arrives: answers follow the Name column, and the marks stay.
+    let gid = sheet_id(&google, &token, &sheet, "Sign-ups").await;
+    person(
+        &google,
+        &token,
+        &sheet,
+        ":batchUpdate",
+        json!({"requests": [{"insertDimension": {"range": {"sheetId": gid,
+            "dimension": "COLUMNS", "startIndex": 2, "endIndex": 3}}}]}),
+    )
+    .await;
+    let v = cells(&google, &token, &sheet, "'Sign-ups'!A1:Z").await;
+    let ada_row = v
+        .iter()
+        .position(|r| r.first().and_then(Value::as_str) == Some(want[0].0.as_str()))
+        .unwrap()
+        + 1;
+    type_cells(
+        &google,
+        &token,
+        &sheet,
+        json!([
+            {"range": "'Sign-ups'!C1", "values": [["Checked"]]},
+            {"range": format!("'Sign-ups'!C{ada_row}"), "values": [["yes"]]}
+        ]),
+    )
+    .await;
+    let name_at = v[0].iter().position(|c| c == "Name").unwrap();
+    person(
+        &google,
+        &token,
+        &sheet,
+        ":batchUpdate",
+        json!({"requests": [{"moveDimension": {"source": {"sheetId": gid,
+            "dimension": "COLUMNS", "startIndex": name_at, "endIndex": name_at + 1},
+            "destinationIndex": v[0].len()}}]}),
+    )
+    .await;
+    want[4].1 = rename(&e, &want[4].0, "Eve (edited)").await;
+    want.push(submit(&e, "Kim").await);
+    let v = wait_rows(&google, &token, &sheet, "'Sign-ups'", &want).await;
+    let name_col = v[0].iter().position(|c| c == "Name").unwrap();
+    assert_eq!(
+        name_col,
+        v[0].len() - 1,
+        "Name is the last column: {:?}",
+        v[0]
+    );
+    assert_eq!(v[0][2], json!("Checked"), "{:?}", v[0]);
+    let ada = rows_of(&v, &want[0].0);
+    assert_eq!(ada[0][2], json!("yes"), "the person's mark: {v:?}");
+
     // What the person typed is intact, each response is in one row at its newest revision,
     // and nothing went to the dead-letter topic.
     assert!(
@@ -348,7 +408,11 @@ async fn people_edit_the_sheet_between_the_connectors_writes_and_every_response_
     for (id, name) in &want {
         let rows = rows_of(&v, id);
         assert_eq!(rows.len(), 1, "{id} {name}: {v:?}");
-        assert_eq!(rows[0].get(5).and_then(Value::as_str), Some(name.as_str()));
+        assert_eq!(
+            rows[0].get(name_col).and_then(Value::as_str),
+            Some(name.as_str()),
+            "{id}: {v:?}"
+        );
     }
     let m = connect.metrics().await;
     assert_eq!(metric(&m, "collect_connect_dead_letters_total"), 0.0, "{m}");
@@ -441,4 +505,140 @@ async fn answers_reach_the_sheet_with_their_exact_value() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     connect.kill9();
+}
+
+/// A person protects some rows; the edits of their responses are refused (400) and go to
+/// the dead-letter topic while the others go on. The person lifts the protection and the
+/// operator re-drives the dead letters while responses keep arriving and being edited: in
+/// the end every response is in exactly one row at its newest revision (an older revision
+/// re-driven after a newer one landed changes nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_redrive_under_load_leaves_every_response_in_one_row_at_its_newest() {
+    let (e, brokers, google, gs) = named_form_with_sheet("Protected").await;
+    // A reviewer who edits the spreadsheet too: protected ranges bind everyone else.
+    let email = google.account("reviewer").await["client_email"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sheet = google
+        .admin(
+            reqwest::Method::POST,
+            "spreadsheets",
+            json!({"title": "Protected", "shared_with":
+                [gs.key["client_email"].clone(), json!(email.clone())]}),
+        )
+        .await["spreadsheetId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let token = google.token(&email).await;
+    let gs = GoogleSheet {
+        spreadsheet: sheet.clone(),
+        token: token.clone(),
+        ..gs
+    };
+    let cdc = reader(&e, &brokers);
+    cdc.wait("/status", |v| v["state"] == "streaming").await;
+    let connect = connector(&e, &brokers);
+    connect.wait("/readyz", |_| true).await;
+    let integration = e.attach(&connect, &google.integration(&e, &gs)).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut want = Vec::new();
+    for i in 0..12 {
+        want.push(submit(&e, &format!("p{i}")).await);
+    }
+    let v = wait_rows(&google, &token, &sheet, "Responses", &want).await;
+
+    // The reviewer protects the rows of p3, p4 and p5; their edits are refused.
+    let gid = sheet_id(&google, &token, &sheet, "Responses").await;
+    let first = v
+        .iter()
+        .position(|r| r.first().and_then(Value::as_str) == Some(want[3].0.as_str()))
+        .unwrap();
+    let protected = person(
+        &google,
+        &token,
+        &sheet,
+        ":batchUpdate",
+        json!({"requests": [{"addProtectedRange": {"protectedRange": {
+            "range": {"sheetId": gid, "startRowIndex": first, "endRowIndex": first + 3},
+            "description": "under review"}}}]}),
+    )
+    .await;
+    let range_id =
+        protected["replies"][0]["addProtectedRange"]["protectedRange"]["protectedRangeId"].clone();
+    assert!(range_id.is_number(), "{protected}");
+    for (i, w) in want.iter_mut().enumerate().skip(3).take(3) {
+        w.1 = rename(&e, &w.0, &format!("p{i} reviewed")).await;
+    }
+    let list = || {
+        let out = collect(
+            &e,
+            &brokers,
+            &[
+                "dead-letters",
+                "list",
+                "--integration",
+                &integration,
+                "--json",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while list() < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "no dead letters");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // The reviewer lifts the protection. New responses keep arriving; every response is
+    // edited again, and those edits land before the re-drive, which then brings older
+    // revisions of p3..p5: they must change nothing.
+    person(
+        &google,
+        &token,
+        &sheet,
+        ":batchUpdate",
+        json!({"requests": [{"deleteProtectedRange": {"protectedRangeId": range_id}}]}),
+    )
+    .await;
+    let load = load_with(
+        &e,
+        30,
+        Duration::from_millis(30),
+        |n| json!({ "name": format!("n{n}") }),
+    );
+    for (i, w) in want.iter_mut().enumerate() {
+        w.1 = rename(&e, &w.0, &format!("p{i} r0")).await;
+    }
+    wait_rows(&google, &token, &sheet, "Responses", &want).await;
+    // The re-drive, while the load runs: it holds the integration's lease meanwhile.
+    let report = redrive(&e, &brokers, &integration);
+    assert!(report["redriven"].as_u64().unwrap() >= 3, "{report}");
+    for (i, w) in want.iter_mut().enumerate() {
+        w.1 = rename(&e, &w.0, &format!("p{i} r1")).await;
+    }
+    let added = load.await.unwrap();
+    want.extend(
+        added
+            .into_iter()
+            .enumerate()
+            .map(|(n, id)| (id, format!("n{n}"))),
+    );
+    let v = wait_rows(&google, &token, &sheet, "Responses", &want).await;
+    for (id, name) in &want {
+        let rows = rows_of(&v, id);
+        assert_eq!(rows.len(), 1, "{id}: {v:?}");
+        assert_eq!(rows[0].get(5).and_then(Value::as_str), Some(name.as_str()));
+    }
+    assert_eq!(v.len(), want.len() + 1, "no other rows: {v:?}");
+    connect.kill9();
+    cdc.kill9();
 }

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::response::IntoResponse;
-use common::providers::{Google, SECRET};
-use common::{Proc, env, metric, reader};
+use common::providers::{SECRET, named_form_with_sheet};
+use common::{Proc, metric, reader};
 use serde_json::{Value, json};
 
 /// A registry in front of the real one: answers 500 (mode 1), refuses nothing but forwards
@@ -56,14 +56,7 @@ async fn flaky(State(f): State<Flaky>, req: Request) -> axum::response::Response
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registry_answering_500_while_the_connector_restarts_holds_the_batch() {
-    let e = env(json!({"title": "Sign-up", "questions": [
-        {"label": "Name", "type": "text", "alias": "name", "required": true}
-    ]}))
-    .await;
-    let broker = collect_testkit::shared_broker().await.unwrap();
-    let brokers = broker.bootstrap();
-    let google = Google::start().await;
-    let gs = google.sheet().await;
+    let (e, brokers, google, gs) = named_form_with_sheet("Sign-up").await;
     let cdc = reader(&e, &brokers);
     cdc.wait("/status", |v| v["state"] == "streaming").await;
     let mut ids = Vec::new();
@@ -148,14 +141,7 @@ async fn a_registry_answering_500_while_the_connector_restarts_holds_the_batch()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_session_ended_from_postgres_mid_batch_leaves_every_response_in_one_row() {
-    let e = env(json!({"title": "Sign-up", "questions": [
-        {"label": "Name", "type": "text", "alias": "name", "required": true}
-    ]}))
-    .await;
-    let broker = collect_testkit::shared_broker().await.unwrap();
-    let brokers = broker.bootstrap();
-    let google = Google::start().await;
-    let gs = google.sheet().await;
+    let (e, brokers, google, gs) = named_form_with_sheet("Sign-up").await;
     let cdc = reader(&e, &brokers);
     cdc.wait("/status", |v| v["state"] == "streaming").await;
     let connect = common::providers::connector(&e, &brokers);

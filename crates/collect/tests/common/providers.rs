@@ -28,6 +28,20 @@ async fn admin(
 
 pub const SECRET: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
+/// What most Sheets process tests start from: a fresh environment whose form `title` has one
+/// required text question (alias `name`), the shared broker's address, a Sheets emulator of
+/// the test's own and a spreadsheet shared with a service account.
+pub async fn named_form_with_sheet(title: &str) -> (Env, String, Google, GoogleSheet) {
+    let e = super::env(json!({"title": title, "questions": [
+        {"label": "Name", "type": "text", "alias": "name", "required": true}
+    ]}))
+    .await;
+    let brokers = collect_testkit::shared_broker().await.unwrap().bootstrap();
+    let google = Google::start().await;
+    let gs = google.sheet().await;
+    (e, brokers, google, gs)
+}
+
 /// A Sheets emulator of the test's own.
 pub struct Google {
     pub base: String,
@@ -52,13 +66,7 @@ impl Google {
                    "write_per_minute_user": 120, "write_per_minute_project": 600}),
         )
         .await;
-        let key = self
-            .admin(
-                reqwest::Method::POST,
-                "service-accounts",
-                json!({"name": "collect-pipeline", "project": "forms-prod"}),
-            )
-            .await;
+        let key = self.account("collect-pipeline").await;
         let email = key["client_email"].as_str().unwrap().to_string();
         let sheet = self
             .admin(
@@ -67,21 +75,35 @@ impl Google {
                 json!({"title": "Sign-ups", "shared_with": [email]}),
             )
             .await;
-        let token = self
-            .admin(
-                reqwest::Method::POST,
-                "access-tokens",
-                json!({"email": email, "project": "forms-prod"}),
-            )
-            .await["access_token"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let token = self.token(&email).await;
         GoogleSheet {
             key,
             spreadsheet: sheet["spreadsheetId"].as_str().unwrap().to_string(),
             token,
         }
+    }
+
+    /// A service account of project forms-prod: its JSON key.
+    pub async fn account(&self, name: &str) -> Value {
+        self.admin(
+            reqwest::Method::POST,
+            "service-accounts",
+            json!({"name": name, "project": "forms-prod"}),
+        )
+        .await
+    }
+
+    /// An access token of the account `email` (project forms-prod).
+    pub async fn token(&self, email: &str) -> String {
+        self.admin(
+            reqwest::Method::POST,
+            "access-tokens",
+            json!({"email": email, "project": "forms-prod"}),
+        )
+        .await["access_token"]
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 
     /// The Sheets integration's body for the connect API.
@@ -249,6 +271,29 @@ impl Texts {
         }
         out
     }
+}
+
+/// `collect dead-letters redrive --integration <id> --all` (must succeed): its JSON report.
+pub fn redrive(e: &Env, brokers: &str, integration: &str) -> Value {
+    let out = collect(
+        e,
+        brokers,
+        &[
+            "dead-letters",
+            "redrive",
+            "--integration",
+            integration,
+            "--all",
+            "--secret-key",
+            SECRET,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice::<Value>(&out.stdout).unwrap()
 }
 
 /// Runs `collect <args>` to completion with the environment's variables.
