@@ -105,6 +105,29 @@ async fn type_cells(google: &Google, token: &str, spreadsheet: &str, data: Value
     .await;
 }
 
+/// Waits (60 s at most) until the connector holds no batch: every event it took is
+/// committed (a write Google applied and then failed is retried by the connector; the person
+/// edits between the connector's writes, not during one).
+async fn settled(connect: &common::Proc) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = connect.metrics().await;
+        let (taken, done) = (
+            metric(&m, "collect_connect_delivered_total"),
+            metric(&m, "collect_connect_committed_total")
+                + metric(&m, "collect_connect_dead_letters_total"),
+        );
+        if taken == done {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the connector never settled: {taken} taken, {done} done"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Rows whose first cell is `id`.
 fn rows_of<'a>(v: &'a [Vec<Value>], id: &str) -> Vec<&'a Vec<Value>> {
     v.iter()
@@ -206,18 +229,23 @@ async fn people_edit_the_sheet_between_the_connectors_writes_and_every_response_
         ]),
     )
     .await;
-    // Google answers 503 to a third of the requests, and fails a fifth of the writes after
-    // applying them, while the connector is killed and new responses arrive.
+    // Google answers 503 to everything while new responses arrive; once the connector is
+    // seen trying to write them, it is killed, and comes back to a Google that answers 503
+    // to a third of the requests and fails a fifth of the writes after applying them.
     google
-        .faults(json!({"error_rate": 0.3, "error_status": 503, "fail_after_write_rate": 0.2}))
+        .faults(json!({"error_rate": 1.0, "error_status": 503}))
         .await;
-    connect.kill9();
-    connect = connector(&e, &brokers);
     want.push(submit(&e, "Dee").await);
     want.push(submit(&e, "Eve").await);
     google.wait_stat("injected_errors", 2).await;
+    connect.kill9();
+    connect = connector(&e, &brokers);
+    google
+        .faults(json!({"error_rate": 0.3, "error_status": 503, "fail_after_write_rate": 0.2}))
+        .await;
     wait_rows(&google, &token, &sheet, "Responses", &want).await;
     google.faults(json!({})).await;
+    settled(&connect).await;
 
     // A person inserts two empty rows in the middle of the data and deletes another
     // response's row (Dee's); then Dee's answer is edited and a new response arrives: rows
@@ -258,14 +286,15 @@ async fn people_edit_the_sheet_between_the_connectors_writes_and_every_response_
             "fields": "gridProperties.rowCount"}}]}),
     )
     .await;
-    // A storm of 429s while they arrive (Google's quota exhausted for a few seconds).
-    google.faults(json!({"throttle_seconds": 4})).await;
+    // A storm of 429s while they arrive (Google's quota exhausted for 10 s).
+    google.faults(json!({"throttle_seconds": 10})).await;
     for n in ["Fay", "Gus", "Hal"] {
         want.push(submit(&e, n).await);
     }
     google.wait_stat("throttled", 1).await;
     wait_rows(&google, &token, &sheet, "Responses", &want).await;
     google.faults(json!({})).await;
+    settled(&connect).await;
 
     // A person renames the tab; an old response is edited and a new one arrives.
     person(

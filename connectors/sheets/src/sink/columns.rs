@@ -24,6 +24,7 @@ use serde_json::Value;
 
 use super::{SheetsSink, to_sink};
 use crate::layout::{FIXED, column_letters};
+use crate::service::CallError;
 use crate::state::Tab;
 
 /// Key of the developer metadata on each of the connector's columns.
@@ -188,7 +189,27 @@ impl SheetsSink {
                 });
             }
         }
-        self.structure(ctx, requests, Vec::new()).await
+        if requests.is_empty() {
+            return Ok(());
+        }
+        let id = self.spreadsheet.clone();
+        match self
+            .call(ctx, true, |t| {
+                let (s, id, r) = (self.service.clone(), id.clone(), requests.clone());
+                async move { s.batch_update(&t, &id, r).await }
+            })
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Google keeps at most 30,000 characters of metadata per sheet ("Read, write,
+            // and search metadata", size limits): past it (about 500 columns), the columns
+            // go untagged and are not followed, rather than stopping the integration.
+            Err(CallError::Refused(m)) => {
+                tracing::warn!(integration = %ctx.integration_id, error = m, "Google refused the columns' tags; those columns are not followed if a person moves them");
+                Ok(())
+            }
+            Err(e) => Err(to_sink(e)),
+        }
     }
 
     /// Learns where each column of ours is in every tab, from the tags (one search), and

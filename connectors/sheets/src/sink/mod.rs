@@ -4,6 +4,7 @@ mod columns;
 mod rows;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use collect_connect::limits::Rate;
@@ -45,6 +46,8 @@ pub struct SheetsSink {
     /// column, `None` where deleted. A tab whose columns are where the layout puts them has
     /// no entry (columns.rs).
     places: HashMap<i64, Vec<Option<i32>>>,
+    /// Write permits already taken for the coming write (see [`Self::prepay_write`]).
+    prepaid: AtomicU32,
 }
 
 impl SheetsSink {
@@ -67,6 +70,7 @@ impl SheetsSink {
             grids: HashMap::new(),
             columns: HashMap::new(),
             places: HashMap::new(),
+            prepaid: AtomicU32::new(0),
         }
     }
 
@@ -101,10 +105,98 @@ impl SheetsSink {
             .sum()
     }
 
-    /// Runs one Sheets call: quota permits first for writes (per user and per project, as
-    /// Google counts them), a fresh token after a 401, and the runtime's meaning of each
-    /// failure.
+    /// Runs one Sheets call (see [`Self::call_once`]). A read that meets a 5xx, a timeout or
+    /// a dropped connection is tried again at once, twice at most (250 and 500 ms apart): a
+    /// batch or a start makes several reads in a row, and one transient failure among them
+    /// should not send the whole of it back to the runtime's backoff. Writes are not: a
+    /// `batchUpdate` Google applied before failing must not be applied twice.
     async fn call<T, F, Fut>(&self, ctx: &SinkContext, write: bool, op: F) -> Result<T, CallError>
+    where
+        F: Fn(String) -> Fut,
+        Fut: std::future::Future<Output = Result<T, CallError>>,
+    {
+        let mut attempt = 0u64;
+        loop {
+            match self.call_once(ctx, write, &op).await {
+                Err(CallError::Retryable { message, .. })
+                    if !write && attempt < 2 && !message.starts_with("429") =>
+                {
+                    attempt += 1;
+                    tracing::debug!(integration = %ctx.integration_id, error = message, attempt, "a read failed; trying it again");
+                    tokio::time::sleep(Duration::from_millis(250 * attempt)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Waits for the quota permits of one request: per user and per project, reads and
+    /// writes apart, as Google counts them, shared with every process writing for the same
+    /// user (bounded: 120 s, then a retryable error).
+    async fn permit(&self, ctx: &SinkContext, write: bool) -> Result<(), CallError> {
+        let auth = self.auth.as_ref().ok_or_else(|| CallError::Retryable {
+            message: "not started".into(),
+            retry_after: None,
+        })?;
+        // Permits as Google counts them: per user and per project, reads and writes
+        // apart, shared with every process writing for the same user.
+        let q = self.config.quotas;
+        let started = Instant::now();
+        let (kind, per_user, per_project) = if write {
+            (
+                "write",
+                q.write_requests_per_minute_per_user,
+                q.write_requests_per_minute_per_project,
+            )
+        } else {
+            (
+                "read",
+                q.read_requests_per_minute_per_user,
+                q.read_requests_per_minute_per_project,
+            )
+        };
+        for (key, rate) in [
+            (
+                format!("sheets:{kind}:{}", auth.identity.user),
+                Rate::per_minute(per_user),
+            ),
+            (
+                format!("sheets:{kind}:{}", auth.identity.project),
+                Rate::per_minute(per_project),
+            ),
+        ] {
+            ctx.limiter
+                .acquire(&key, rate, Duration::from_secs(120))
+                .await
+                .map_err(|e| CallError::Retryable {
+                    message: e.to_string(),
+                    retry_after: None,
+                })?;
+        }
+        if started.elapsed() > Duration::from_millis(50) {
+            ctx.metrics.throttled();
+        }
+        Ok(())
+    }
+
+    /// Takes the write permit of the batch's coming write before its check reads the
+    /// sheet, so that no wait for quota falls between the check and the write (a person's
+    /// edit in between would make the check stale). The next write call uses it.
+    async fn prepay_write(&self, ctx: &SinkContext) -> Result<(), SinkError> {
+        self.permit(ctx, true).await.map_err(to_sink)?;
+        self.prepaid.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Runs one Sheets call once: quota permits first (per user and per project, reads and
+    /// writes apart, as Google counts them), a fresh token after a 401, and the runtime's
+    /// meaning of each failure.
+    async fn call_once<T, F, Fut>(
+        &self,
+        ctx: &SinkContext,
+        write: bool,
+        op: &F,
+    ) -> Result<T, CallError>
     where
         F: Fn(String) -> Fut,
         Fut: std::future::Future<Output = Result<T, CallError>>,
@@ -113,45 +205,13 @@ impl SheetsSink {
             message: "not started".into(),
             retry_after: None,
         })?;
-        {
-            // Permits as Google counts them: per user and per project, reads and writes
-            // apart, shared with every process writing for the same user.
-            let q = self.config.quotas;
-            let started = Instant::now();
-            let (kind, per_user, per_project) = if write {
-                (
-                    "write",
-                    q.write_requests_per_minute_per_user,
-                    q.write_requests_per_minute_per_project,
-                )
-            } else {
-                (
-                    "read",
-                    q.read_requests_per_minute_per_user,
-                    q.read_requests_per_minute_per_project,
-                )
-            };
-            for (key, rate) in [
-                (
-                    format!("sheets:{kind}:{}", auth.identity.user),
-                    Rate::per_minute(per_user),
-                ),
-                (
-                    format!("sheets:{kind}:{}", auth.identity.project),
-                    Rate::per_minute(per_project),
-                ),
-            ] {
-                ctx.limiter
-                    .acquire(&key, rate, Duration::from_secs(120))
-                    .await
-                    .map_err(|e| CallError::Retryable {
-                        message: e.to_string(),
-                        retry_after: None,
-                    })?;
-            }
-            if started.elapsed() > Duration::from_millis(50) {
-                ctx.metrics.throttled();
-            }
+        let prepaid = write
+            && self
+                .prepaid
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                .is_ok();
+        if !prepaid {
+            self.permit(ctx, write).await?;
         }
         for attempt in 0..2 {
             let token = auth.token().await.map_err(|e| match e {
@@ -453,6 +513,11 @@ impl Sink for SheetsSink {
         let mut attempt = 0;
         let mut fresh = false;
         let (mut placed, mut new_rows) = loop {
+            // The write's quota permit first: the check below and the write then follow
+            // each other without a wait (a person's edit in a wait would make it stale).
+            if self.prepaid.load(Ordering::Acquire) == 0 {
+                self.prepay_write(ctx).await?;
+            }
             let stored = self.state()?.rows(&order).await?;
             let mut placed: Vec<(Uuid, RowAt)> = Vec::new();
             let mut new_rows: Vec<(Uuid, RowAt)> = Vec::new();
