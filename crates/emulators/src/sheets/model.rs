@@ -515,6 +515,16 @@ impl Spreadsheet {
     pub fn get_values(&self, range: &str, render: Render) -> Result<Value> {
         let (t, _) = self.target(range)?;
         let sheet = &self.sheets[t.sheet];
+        // A range that starts past the grid (a person trimmed it) is refused, as Google does.
+        if t.row >= sheet.rows || t.col >= sheet.cols {
+            return Err(grid_error(
+                &sheet.title,
+                t.row,
+                t.col,
+                sheet.rows,
+                sheet.cols,
+            ));
+        }
         let last_row = t
             .end_row
             .unwrap_or(sheet.rows.saturating_sub(1))
@@ -623,6 +633,24 @@ mod tests {
             s.get_values("Responses!C3", Render::Formula).unwrap()["values"],
             json!([["=1+1"]])
         );
+    }
+
+    #[test]
+    fn a_read_starting_past_the_grid_is_refused_as_google_does() {
+        let mut s = sheet();
+        s.update_values("Responses!A3", "ROWS", &[json!(["x"])], false, &who())
+            .unwrap();
+        for range in ["Responses!A6:F9", "Responses!D1"] {
+            let e = s.get_values(range, Render::Formatted).unwrap_err();
+            assert!(
+                e.message.contains("exceeds grid limits"),
+                "{range}: {}",
+                e.message
+            );
+        }
+        // A range that ends past the grid reads what the grid holds.
+        let v = s.get_values("Responses!A1:A9", Render::Formatted).unwrap();
+        assert_eq!(v["values"], json!([[], [], ["x"]]));
     }
 
     #[test]

@@ -62,7 +62,12 @@ impl Spreadsheet {
         // does not bound it: `Sheet1!A1:E1` appends after a table of a hundred rows.
         let last_row = grid_rows.saturating_sub(1);
         let mut table: Option<(u32, u32, u32, u32)> = None;
-        for ((r, c), _) in sheet.cells.range((t.row, 0)..=(last_row, u32::MAX)) {
+        // (`take_while`, not an inclusive range: a range starting past the grid is empty.)
+        for ((r, c), _) in sheet
+            .cells
+            .range((t.row, 0)..)
+            .take_while(|((r, _), _)| *r <= last_row)
+        {
             if *c < t.col || *c > last_col {
                 continue;
             }
