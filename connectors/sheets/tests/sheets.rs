@@ -887,7 +887,9 @@ async fn columns_follow_their_question_when_a_person_inserts_moves_or_deletes_co
     assert_eq!(row_of(&v, 0, &third).unwrap()[6], json!("Alan"));
     assert_eq!(v.len(), 4, "one row per response: {v:?}");
 
-    // The question's column dragged to B: its answers follow it there.
+    // The question's column dragged to B, then a batch of form events alone (the question
+    // relabelled: no row to check, the header written): the label follows the column, and
+    // the person's header in C stays.
     person(
         g,
         &sheet,
@@ -895,12 +897,24 @@ async fn columns_follow_their_question_when_a_person_inserts_moves_or_deletes_co
             "startIndex": 6, "endIndex": 7}, "destinationIndex": 1}}]),
     )
     .await;
+    env.produce_forms(&[env.question(Q1, "Name", "name", 0, false)])
+        .await
+        .unwrap();
+    until(g, &sheet, "the relabel at the moved column", |v| {
+        v.first().is_some_and(|h| h.get(1) == Some(&json!("Name")))
+    })
+    .await;
+    assert_eq!(
+        g.values(&sheet, "Responses!A1:Z").await[0][2],
+        json!("Follow-up")
+    );
+    // Its answers follow it there too.
     named(&env, &second, 2, "Grace H.").await;
     let v = until(g, &sheet, "the edit after the move", |v| {
         row_of(v, 0, &second).is_some_and(|r| r.get(5) == Some(&json!("2")))
     })
     .await;
-    assert_eq!(v[0][1], json!("name"));
+    assert_eq!(v[0][1], json!("Name"));
     assert_eq!(v[0][2], json!("Follow-up"));
     let r = row_of(&v, 0, &second).unwrap();
     assert_eq!(r[1], json!("Grace H."));

@@ -413,6 +413,14 @@ async fn people_edit_the_sheet_between_the_connectors_writes_and_every_response_
     assert_eq!(v[0][2], json!("Checked"), "{:?}", v[0]);
     let ada = rows_of(&v, &want[0].0);
     assert_eq!(ada[0][2], json!("yes"), "the person's mark: {v:?}");
+    // Rows the connector wrote after the insertion left the person's column alone.
+    for id in [&want[4].0, &want[want.len() - 1].0] {
+        let r = rows_of(&v, id);
+        assert!(
+            r[0].get(2).is_none_or(|c| c == &json!("")),
+            "the connector wrote in the person's column: {v:?}"
+        );
+    }
 
     // What the person typed is intact, each response is in one row at its newest revision,
     // and nothing went to the dead-letter topic.

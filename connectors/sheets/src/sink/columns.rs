@@ -226,6 +226,7 @@ impl SheetsSink {
         let width = self.width();
         let mut places = HashMap::new();
         let mut changed = false;
+        let mut pending = false;
         for t in &self.tabs {
             let tags: HashMap<&str, &Vec<i32>> = found
                 .iter()
@@ -233,11 +234,21 @@ impl SheetsSink {
                 .map(|((_, v), at)| (v.as_str(), at))
                 .collect();
             if tags.is_empty() {
+                // Never tagged (a version before tags, or its tagging failed): tag it where
+                // the layout puts it.
+                pending = true;
                 continue;
             }
             let empty = Vec::new();
             let header = headers.get(&t.sheet_id).unwrap_or(&empty);
             let place = locate(&ours, &tags, header, width);
+            // A column placed without its tag (its tagging failed): tag it.
+            if ours
+                .iter()
+                .any(|c| !tags.contains_key(c.value.as_str()) && place[c.index as usize].is_some())
+            {
+                pending = true;
+            }
             if place[0].is_none() {
                 return Err(SinkError::fatal(format!(
                     "the Response ID column of tab '{}' in spreadsheet {} was deleted: the \
@@ -274,6 +285,7 @@ impl SheetsSink {
             }
         }
         self.places = places;
+        self.tags_pending |= pending;
         Ok(changed)
     }
 
@@ -324,15 +336,17 @@ fn locate(
             });
         }
     }
-    let taken: HashSet<i32> = place.iter().flatten().copied().collect();
+    let mut taken: HashSet<i32> = place.iter().flatten().copied().collect();
     for c in ours {
         let i = c.index as usize;
-        if place[i].is_some() || taken.contains(&c.index) {
+        if place[i].is_some() {
             continue;
         }
         let shown = header.get(i).map_or("", |s| s.trim());
-        if shown.is_empty() || shown == c.label.trim() {
+        // Not found by a label elsewhere: a person's column may bear the same label.
+        if !taken.contains(&c.index) && (shown.is_empty() || shown == c.label.trim()) {
             place[i] = Some(c.index);
+            taken.insert(c.index);
         }
     }
     place

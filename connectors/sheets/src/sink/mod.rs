@@ -48,6 +48,8 @@ pub struct SheetsSink {
     places: HashMap<i64, Vec<Option<i32>>>,
     /// Write permits already taken for the coming write (see [`Self::prepay_write`]).
     prepaid: AtomicU32,
+    /// Columns or tabs made whose tags are not written yet.
+    tags_pending: bool,
 }
 
 impl SheetsSink {
@@ -71,6 +73,7 @@ impl SheetsSink {
             columns: HashMap::new(),
             places: HashMap::new(),
             prepaid: AtomicU32::new(0),
+            tags_pending: false,
         }
     }
 
@@ -115,11 +118,38 @@ impl SheetsSink {
         F: Fn(String) -> Fut,
         Fut: std::future::Future<Output = Result<T, CallError>>,
     {
+        self.call_as(ctx, write, false, op).await
+    }
+
+    /// [`Self::call`], for the batch's values write: it uses the permit taken before the
+    /// batch's check ([`Self::prepay_write`]); no other write may.
+    async fn call_values<T, F, Fut>(&self, ctx: &SinkContext, op: F) -> Result<T, CallError>
+    where
+        F: Fn(String) -> Fut,
+        Fut: std::future::Future<Output = Result<T, CallError>>,
+    {
+        self.call_as(ctx, true, true, op).await
+    }
+
+    async fn call_as<T, F, Fut>(
+        &self,
+        ctx: &SinkContext,
+        write: bool,
+        prepaid_ok: bool,
+        op: F,
+    ) -> Result<T, CallError>
+    where
+        F: Fn(String) -> Fut,
+        Fut: std::future::Future<Output = Result<T, CallError>>,
+    {
         let mut attempt = 0u64;
         loop {
-            match self.call_once(ctx, write, &op).await {
+            match self.call_once(ctx, write, prepaid_ok, &op).await {
                 Err(CallError::Retryable { message, .. })
-                    if !write && attempt < 2 && !message.starts_with("429") =>
+                    if !write
+                        && attempt < 2
+                        && !message.starts_with("429")
+                        && !message.starts_with(QUOTA_WAIT) =>
                 {
                     attempt += 1;
                     tracing::debug!(integration = %ctx.integration_id, error = message, attempt, "a read failed; trying it again");
@@ -169,7 +199,7 @@ impl SheetsSink {
                 .acquire(&key, rate, Duration::from_secs(120))
                 .await
                 .map_err(|e| CallError::Retryable {
-                    message: e.to_string(),
+                    message: format!("{QUOTA_WAIT}{e}"),
                     retry_after: None,
                 })?;
         }
@@ -195,6 +225,7 @@ impl SheetsSink {
         &self,
         ctx: &SinkContext,
         write: bool,
+        prepaid_ok: bool,
         op: &F,
     ) -> Result<T, CallError>
     where
@@ -205,7 +236,7 @@ impl SheetsSink {
             message: "not started".into(),
             retry_after: None,
         })?;
-        let prepaid = write
+        let prepaid = prepaid_ok
             && self
                 .prepaid
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
@@ -591,6 +622,12 @@ impl Sink for SheetsSink {
         // Make room: grow grids, roll over near the cell limit; every tab gets the width of
         // the header it is given.
         if header_needed {
+            if check_header {
+                // The header goes to every tab, also those this batch's check did not read:
+                // where a person moved columns there, it must follow them too.
+                let headers = self.read_headers(ctx).await?;
+                self.follow_columns(ctx, &headers).await?;
+            }
             self.ensure_width(ctx).await?;
         }
         let tabs_before = self.tabs.len();
@@ -601,9 +638,14 @@ impl Sink for SheetsSink {
         self.state()?
             .reserve(ctx.lease_generation, &self.tabs, &changed_cols, &new_rows)
             .await?;
-        // New columns and new tabs get their tags once stored (columns.rs).
+        // New columns and new tabs get their tags once stored (columns.rs); a tagging that
+        // failed is tried again by the next batch.
         if next_col > first_new || self.tabs.len() != tabs_before {
+            self.tags_pending = true;
+        }
+        if self.tags_pending {
             self.tag_columns(ctx).await?;
+            self.tags_pending = false;
         }
         let mut data: Vec<(Option<Uuid>, ValueRange)> = Vec::new();
         if header_needed {
@@ -677,6 +719,9 @@ impl Sink for SheetsSink {
         })
     }
 }
+
+/// How a wait for a quota permit that ran out begins its message (never retried at once).
+const QUOTA_WAIT: &str = "waiting for quota: ";
 
 impl SheetsSink {
     /// The header of a tab, at its columns' places.
@@ -1022,7 +1067,7 @@ impl SheetsSink {
             let ranges: Vec<ValueRange> = chunk.iter().map(|i| data[*i].clone()).collect();
             let id = self.spreadsheet.clone();
             let result = self
-                .call(ctx, true, |t| {
+                .call_values(ctx, |t| {
                     let (s, id, r) = (self.service.clone(), id.clone(), ranges.clone());
                     async move { s.write(&t, &id, r).await }
                 })

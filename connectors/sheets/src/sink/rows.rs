@@ -315,6 +315,9 @@ impl SheetsSink {
     pub(super) async fn rebuild(&mut self, ctx: &SinkContext) -> Result<(), SinkError> {
         // The grids as they are now: rows a person inserted may have pushed ours further.
         self.refresh(ctx).await?;
+        // And the columns: the Response ID column read below must be where it is now.
+        let headers = self.read_headers(ctx).await?;
+        self.follow_columns(ctx, &headers).await?;
         let ranges: Vec<String> = self
             .tabs
             .iter()
@@ -504,9 +507,15 @@ impl SheetsSink {
                 mine.next_row = 1;
             }
             tracing::warn!(integration = %ctx.integration_id, tab = title, rows = lost, "a person deleted the tab; recreated it, and reading every event again to refill it");
-            self.write_header_to(ctx, &title, span as usize).await?;
+            // The refill is requested (stored above): whatever fails from here, the rewind
+            // happens, and the restarted worker's start writes headers and tags again.
+            if let Err(e) = self.write_header_to(ctx, &title, span as usize).await {
+                tracing::warn!(integration = %ctx.integration_id, tab = title, error = %e, "the recreated tab's header is written at the restart");
+            }
         }
-        self.tag_columns(ctx).await?;
+        if let Err(e) = self.tag_columns(ctx).await {
+            tracing::warn!(integration = %ctx.integration_id, error = %e, "the recreated tab's tags are written at the restart");
+        }
         Err(SinkError::Rewind {
             message: format!(
                 "the tab '{}' of spreadsheet {} was deleted and recreated; refilling it",
