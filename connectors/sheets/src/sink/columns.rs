@@ -299,14 +299,7 @@ impl SheetsSink {
             .iter()
             .map(|t| format!("{}!1:1", super::rows::quoted(&t.title)))
             .collect();
-        let id = self.spreadsheet.clone();
-        let got = self
-            .call(ctx, false, |t| {
-                let (s, id, r) = (self.service.clone(), id.clone(), ranges.clone());
-                async move { s.batch_get(&t, &id, &r).await }
-            })
-            .await
-            .map_err(to_sink)?;
+        let got = self.read_ranges(ctx, &ranges).await.map_err(to_sink)?;
         Ok(self
             .tabs
             .iter()

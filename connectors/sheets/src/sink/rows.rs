@@ -88,6 +88,20 @@ enum Probe {
 }
 
 impl SheetsSink {
+    /// `values.batchGet` of A1 `ranges` of the spreadsheet (one read request).
+    pub(super) async fn read_ranges(
+        &self,
+        ctx: &SinkContext,
+        ranges: &[String],
+    ) -> Result<Vec<ValueRange>, CallError> {
+        let id = self.spreadsheet.clone();
+        self.call(ctx, false, |t| {
+            let (s, id, r) = (self.service.clone(), id.clone(), ranges.to_vec());
+            async move { s.batch_get(&t, &id, &r).await }
+        })
+        .await
+    }
+
     /// Grid rows of a tab as last read (0 when unknown).
     fn grid_rows(&self, tab: i32) -> i32 {
         self.tabs
@@ -222,13 +236,7 @@ impl SheetsSink {
         if ranges.is_empty() {
             return Ok(Seen::Fine);
         }
-        let id = self.spreadsheet.clone();
-        let read = self
-            .call(ctx, false, |t| {
-                let (s, id, r) = (self.service.clone(), id.clone(), ranges.clone());
-                async move { s.batch_get(&t, &id, &r).await }
-            })
-            .await;
+        let read = self.read_ranges(ctx, &ranges).await;
         let got: Vec<ValueRange> = match read {
             Ok(v) => v,
             Err(CallError::Refused(m)) => return Ok(Seen::Stale(m)),
@@ -330,14 +338,7 @@ impl SheetsSink {
                 )
             })
             .collect();
-        let id = self.spreadsheet.clone();
-        let got = self
-            .call(ctx, false, |t| {
-                let (s, id, r) = (self.service.clone(), id.clone(), ranges.clone());
-                async move { s.batch_get(&t, &id, &r).await }
-            })
-            .await
-            .map_err(to_sink)?;
+        let got = self.read_ranges(ctx, &ranges).await.map_err(to_sink)?;
         let state = self.state()?;
         for (tab, vr) in self.tabs.iter().zip(&got) {
             let mut found: HashMap<Uuid, i32> = HashMap::new();
@@ -403,14 +404,7 @@ impl SheetsSink {
                 )
             })
             .collect();
-        let id = self.spreadsheet.clone();
-        let got = match self
-            .call(ctx, false, |t| {
-                let (s, id, r) = (self.service.clone(), id.clone(), ranges.clone());
-                async move { s.batch_get(&t, &id, &r).await }
-            })
-            .await
-        {
+        let got = match self.read_ranges(ctx, &ranges).await {
             Ok(v) => v,
             // Columns past the grid hold nothing.
             Err(CallError::Refused(_)) => return Ok(()),
