@@ -4,6 +4,7 @@
 
 mod api;
 mod cdc;
+mod integrations;
 mod sheets;
 
 use anyhow::Result;
@@ -24,6 +25,8 @@ enum Command {
     Cdc(cdc::Args),
     /// Rows per second and rows per request of the Google Sheets connector (emulator).
     Sheets(sheets::Args),
+    /// Threads, memory and idle CPU of one `collect connect` running many integrations.
+    Integrations(integrations::Args),
 }
 
 #[tokio::main]
@@ -32,5 +35,6 @@ async fn main() -> Result<()> {
         Command::Api(args) => api::run(args).await,
         Command::Cdc(args) => cdc::run(args).await,
         Command::Sheets(args) => sheets::run(args).await,
+        Command::Integrations(args) => integrations::run(args).await,
     }
 }

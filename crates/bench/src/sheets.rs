@@ -42,16 +42,90 @@ pub struct Args {
     seconds: u64,
 }
 
-struct Stack {
-    http: reqwest::Client,
-    api: String,
-    key: String,
-    connect: String,
-    sheets: String,
+pub(crate) struct Stack {
+    pub(crate) http: reqwest::Client,
+    pub(crate) api: String,
+    pub(crate) key: String,
+    pub(crate) connect: String,
+    pub(crate) sheets: String,
 }
 
 impl Stack {
-    async fn post(&self, url: String, bearer: Option<&str>, body: Value) -> Result<Value> {
+    /// The dev stack described by `path` (its stack.json), and that file's contents.
+    pub(crate) fn load(path: &str) -> Result<(Self, Value)> {
+        let stack: Value = serde_json::from_str(
+            &std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?,
+        )?;
+        let field = |k: &str| -> Result<String> {
+            Ok(stack[k]
+                .as_str()
+                .with_context(|| format!("{k} missing from {path}"))?
+                .to_string())
+        };
+        let s = Stack {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .pool_max_idle_per_host(64)
+                .build()?,
+            api: field("api_url")?,
+            key: field("api_key")?,
+            connect: field("connect_url")?,
+            sheets: field("sheets_emulator_url")?,
+        };
+        Ok((s, stack))
+    }
+
+    /// A service account `name` of `project` (its key and e-mail), a spreadsheet titled
+    /// `title` shared with it and with `reader` (an e-mail and its project), and the
+    /// reader's access token.
+    pub(crate) async fn new_sheet(
+        &self,
+        name: &str,
+        project: &str,
+        title: &str,
+        reader: (&str, &str),
+    ) -> Result<(Value, String, String, String)> {
+        let key = self
+            .post(
+                format!("{}/emulator/service-accounts", self.sheets),
+                None,
+                json!({"name": name, "project": project}),
+            )
+            .await?;
+        let email = key["client_email"]
+            .as_str()
+            .context("client_email")?
+            .to_string();
+        let sheet = self
+            .post(
+                format!("{}/emulator/spreadsheets", self.sheets),
+                None,
+                json!({"title": title, "shared_with": [email, reader.0]}),
+            )
+            .await?;
+        let spreadsheet = sheet["spreadsheetId"]
+            .as_str()
+            .context("spreadsheetId")?
+            .to_string();
+        let token = self
+            .post(
+                format!("{}/emulator/access-tokens", self.sheets),
+                None,
+                json!({"email": reader.0, "project": reader.1}),
+            )
+            .await?["access_token"]
+            .as_str()
+            .context("access_token")?
+            .to_string();
+        Ok((key, email, spreadsheet, token))
+    }
+
+    pub(crate) async fn post(
+        &self,
+        url: String,
+        bearer: Option<&str>,
+        body: Value,
+    ) -> Result<Value> {
         let mut r = self.http.post(&url).json(&body);
         if let Some(b) = bearer {
             r = r.bearer_auth(b);
@@ -65,7 +139,7 @@ impl Stack {
         Ok(v)
     }
 
-    async fn get(&self, url: String, bearer: Option<&str>) -> Result<Value> {
+    pub(crate) async fn get(&self, url: String, bearer: Option<&str>) -> Result<Value> {
         let mut r = self.http.get(&url);
         if let Some(b) = bearer {
             r = r.bearer_auth(b);
@@ -92,7 +166,11 @@ impl Stack {
     }
 
     /// Response ids in column A of the sheet, with how often each appears.
-    async fn ids_in_sheet(&self, spreadsheet: &str, token: &str) -> Result<HashMap<String, u32>> {
+    pub(crate) async fn ids_in_sheet(
+        &self,
+        spreadsheet: &str,
+        token: &str,
+    ) -> Result<HashMap<String, u32>> {
         let resp = self
             .http
             .get(format!(
@@ -229,24 +307,8 @@ fn per_request(log: &[Value]) -> (usize, f64, u64, u64, u64) {
 
 /// Runs the benchmark and prints its figures.
 pub async fn run(args: Args) -> Result<()> {
-    let stack: Value = serde_json::from_str(
-        &std::fs::read_to_string(&args.stack).with_context(|| format!("reading {}", args.stack))?,
-    )?;
-    let field = |k: &str| -> Result<String> {
-        Ok(stack[k]
-            .as_str()
-            .with_context(|| format!("{k} missing from {}", args.stack))?
-            .to_string())
-    };
-    let s = Arc::new(Stack {
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()?,
-        api: field("api_url")?,
-        key: field("api_key")?,
-        connect: field("connect_url")?,
-        sheets: field("sheets_emulator_url")?,
-    });
+    let (s, _) = Stack::load(&args.stack)?;
+    let s = Arc::new(s);
 
     let form = s
         .post(
@@ -291,39 +353,14 @@ pub async fn run(args: Args) -> Result<()> {
     }
     println!("  submitted in {:.1} s", started.elapsed().as_secs_f64());
 
-    let project = "collect-bench";
-    let key = s
-        .post(
-            format!("{}/emulator/service-accounts", s.sheets),
-            None,
-            json!({"name": format!("bench-{}", &form[form.len() - 8..]), "project": project}),
+    let (key, email, spreadsheet, token) = s
+        .new_sheet(
+            &format!("bench-{}", &form[form.len() - 8..]),
+            "collect-bench",
+            "sheets bench",
+            (READER, "bench-reader"),
         )
         .await?;
-    let email = key["client_email"]
-        .as_str()
-        .context("client_email")?
-        .to_string();
-    let sheet = s
-        .post(
-            format!("{}/emulator/spreadsheets", s.sheets),
-            None,
-            json!({"title": "sheets bench", "shared_with": [email, READER]}),
-        )
-        .await?;
-    let spreadsheet = sheet["spreadsheetId"]
-        .as_str()
-        .context("spreadsheetId")?
-        .to_string();
-    let token = s
-        .post(
-            format!("{}/emulator/access-tokens", s.sheets),
-            None,
-            json!({"email": READER, "project": "bench-reader"}),
-        )
-        .await?["access_token"]
-        .as_str()
-        .context("access_token")?
-        .to_string();
     let before = s.get(format!("{}/emulator/stats", s.sheets), None).await?;
 
     let attached = Instant::now();

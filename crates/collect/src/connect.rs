@@ -11,6 +11,7 @@ use collect_connect::api::{ApiState, NewIntegrationBody};
 use collect_connect::crypto::Sealer;
 use collect_connect::decode::Decoder;
 use collect_connect::dlq::DeadLetters;
+use collect_connect::feed::Feed;
 use collect_connect::limits::Limiter;
 use collect_connect::metrics::Metrics;
 use collect_connect::store::IntegrationStore;
@@ -45,7 +46,7 @@ pub struct ConnectArgs {
     #[arg(long, env = "COLLECT_SECRET_KEY", hide_env_values = true)]
     secret_key: String,
     /// Most integrations this process runs.
-    #[arg(long, env = "COLLECT_CONNECT_CAPACITY", default_value_t = 500)]
+    #[arg(long, env = "COLLECT_CONNECT_CAPACITY", default_value_t = 2000)]
     capacity: usize,
     /// Milliseconds between reconciliations with the integrations table.
     #[arg(long, default_value_t = 2000)]
@@ -60,6 +61,15 @@ pub struct ConnectArgs {
     /// Longest wait for a batch to fill, in milliseconds.
     #[arg(long, default_value_t = 500)]
     batch_max_wait_ms: u64,
+    /// Mebibytes the process's records may hold in memory across all its integrations
+    /// (queued for them and in their batches); an integration that would hold more than its
+    /// share reads again from its own position later.
+    #[arg(long, env = "COLLECT_CONNECT_MEMORY_BUDGET_MB", default_value_t = 256)]
+    memory_budget_mb: usize,
+    /// Kafka consumers reading for integrations behind the shared one (new, replayed,
+    /// resumed or slow), in turn.
+    #[arg(long, env = "COLLECT_CONNECT_CATCH_UP_READERS", default_value_t = 2)]
+    catch_up_readers: usize,
     #[command(flatten)]
     kafka: KafkaOptions,
     /// Keep rate limits in this process only, instead of sharing them through Postgres with
@@ -246,10 +256,16 @@ pub async fn run(a: ConnectArgs) -> Result<()> {
     settings.batch_ceiling_events = a.batch_ceiling_events.max(1);
     settings.batch_max_wait = Duration::from_millis(a.batch_max_wait_ms);
     settings.consumer_options = kafka_options.clone();
+    settings.memory_budget_bytes = a.memory_budget_mb.clamp(16, 1 << 20) * 1024 * 1024;
+    settings.catch_up_readers = a.catch_up_readers.clamp(1, 16);
     let metrics = Metrics::new();
+    let settings = Arc::new(settings);
+    let decoder = Arc::new(Decoder::new(&a.pipeline.registry_url));
     let shared = Shared {
-        settings: Arc::new(settings),
-        decoder: Arc::new(Decoder::new(&a.pipeline.registry_url)),
+        feed: Feed::new(settings.clone(), decoder.clone(), metrics.clone())
+            .map_err(anyhow::Error::msg)?,
+        settings,
+        decoder,
         dead_letters: DeadLetters::new(&a.pipeline.brokers, &a.dead_letter_topic, &kafka_options)?,
         metrics: metrics.clone(),
         // Third parties count quotas per user, project or sender, whatever process calls:

@@ -288,8 +288,24 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    // Blocking calls (librdkafka's metadata and watermark requests, DNS) run on a bounded
+    // pool: a thousand integrations starting at once must not make a thousand threads.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(16)
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run_main())
+}
+
+async fn run_main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let format = match cli.log_format {
         LogFormat::Text => collect_telemetry::LogFormat::Text,

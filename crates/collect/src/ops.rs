@@ -260,21 +260,26 @@ impl HeldLease {
     }
 }
 
-fn positions(t: &Topics, i: &Integration) -> Result<Positions> {
+fn positions(t: &Topics, i: &Integration, db: &deadpool_postgres::Pool) -> Result<Positions> {
     Positions::new(
         &t.brokers,
         &t.kafka.resolve()?,
         &[&t.responses_topic, &t.forms_topic],
         i.id,
         i.form_id,
+        db.clone(),
     )
     .map_err(anyhow::Error::msg)
 }
 
-async fn read_positions(t: &Topics, i: &Integration) -> Result<Vec<Position>> {
-    let p = positions(t, i)?;
-    tokio::task::spawn_blocking(move || p.read())
-        .await?
+async fn read_positions(
+    t: &Topics,
+    i: &Integration,
+    db: &deadpool_postgres::Pool,
+) -> Result<Vec<Position>> {
+    positions(t, i, db)?
+        .read()
+        .await
         .map_err(anyhow::Error::msg)
 }
 
@@ -388,7 +393,7 @@ pub async fn status(a: StatusArgs) -> Result<()> {
     let integrations = IntegrationStore::new(store.pool().clone()).all().await?;
     let mut rows = Vec::new();
     for i in &integrations {
-        let pos = read_positions(&a.topics, i).await;
+        let pos = read_positions(&a.topics, i, store.pool()).await;
         let (lag, pos_json) = match &pos {
             Ok(p) => (json!(p.iter().map(Position::lag).sum::<i64>()), json!(p)),
             Err(e) => (Value::Null, json!({"error": e.to_string()})),
@@ -477,8 +482,9 @@ pub async fn status(a: StatusArgs) -> Result<()> {
 
 /// `collect replay`: the integration reads its form's partitions again from the oldest
 /// record the topics hold. Its sink is idempotent, so what it already wrote is rewritten
-/// in place (Sheets) or skipped (SMS); what it lacks arrives. Live events follow the
-/// replayed ones in the same consumer, so there is no gap between the two.
+/// in place (Sheets) or skipped (SMS); what it lacks arrives. Its worker reads from the
+/// rewound position and joins the process's live reading at its head, so there is no gap
+/// between replayed and live events.
 pub async fn replay(a: ReplayArgs) -> Result<()> {
     let store = store(&a.db, 2).await?;
     let integrations = IntegrationStore::new(store.pool().clone());
@@ -516,8 +522,8 @@ pub async fn replay(a: ReplayArgs) -> Result<()> {
     // Hold the integration's lease while rewinding: once we have it, no worker runs it.
     let held = HeldLease::take(&store, &i, "paused for a replay", wait).await?;
     let was_active = held.was_active();
-    let p = positions(&a.topics, &i)?;
-    let rewound = tokio::task::spawn_blocking(move || p.rewind()).await?;
+    let p = positions(&a.topics, &i, store.pool())?;
+    let rewound = p.rewind().await;
     held.release().await?;
     let rewound = rewound.map_err(anyhow::Error::msg)?;
     let target: i64 = rewound.iter().map(|p| p.high - p.low).sum();
@@ -542,7 +548,7 @@ pub async fn replay(a: ReplayArgs) -> Result<()> {
     let mut last_progress = (0, Instant::now());
     let mut last_print = Instant::now() - Duration::from_secs(10);
     loop {
-        let now = read_positions(&a.topics, &i).await?;
+        let now = read_positions(&a.topics, &i, store.pool()).await?;
         let done: i64 = now
             .iter()
             .map(|p| {

@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 /// The runtime's metrics.
 pub struct Metrics {
@@ -34,6 +36,13 @@ pub struct Metrics {
     /// Age in seconds (from its Postgres commit) of the oldest event the integration read and
     /// has not yet made durable; 0 when it holds none.
     pub oldest_undelivered_age: prometheus::GaugeVec,
+    /// Bytes of the process's memory budget held by records read and not yet done with
+    /// (queued for integrations or in their batches), see [`crate::feed`].
+    pub feed_held_bytes: IntGauge,
+    /// Integrations' partitions read by a catch-up consumer (behind the live one).
+    pub feed_behind: IntGauge,
+    /// Integrations reading from this process's feed.
+    pub feed_subscriptions: IntGauge,
 }
 
 impl Metrics {
@@ -125,6 +134,25 @@ impl Metrics {
             labels,
         )
         .expect("metric");
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let feed_held_bytes = gauge(
+            "collect_connect_feed_held_bytes",
+            "Bytes of the memory budget held by records read and not yet done with",
+        );
+        let feed_behind = gauge(
+            "collect_connect_feed_behind",
+            "Integrations' partitions read by a catch-up consumer",
+        );
+        let feed_subscriptions = gauge(
+            "collect_connect_feed_subscriptions",
+            "Integrations reading from this process's feed",
+        );
         for c in [
             Box::new(lag.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(state.clone()),
@@ -148,6 +176,9 @@ impl Metrics {
             commit_to_durable,
             oldest_undelivered_age,
             state,
+            feed_held_bytes,
+            feed_behind,
+            feed_subscriptions,
         })
     }
 

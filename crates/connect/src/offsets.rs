@@ -1,7 +1,15 @@
-//! An integration's position in Kafka, seen from outside its worker: the partitions it
-//! reads (its form's, in the responses and forms topics), what its group committed, and
-//! the partitions' ends. `collect status` shows it; `collect replay` moves it back.
+//! Integrations' positions: for each partition an integration reads (its form's, in the
+//! responses and forms topics), the next offset it has not made durable, skipped or
+//! dead-lettered. Its worker stores them in Postgres (`integration_positions`, migration
+//! `0016_integration_positions`) after each batch, fenced by its lease generation;
+//! `collect status` shows them and `collect replay` moves them back.
+//!
+//! They used to be each integration's committed offsets in a Kafka consumer group of its own
+//! (`collect.integration.<id>`), which takes one Kafka client per integration to commit. A
+//! worker that finds no stored position takes its group's committed offsets once, so an
+//! upgrade does not read everything again.
 
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use collect_events::partition_for;
@@ -10,9 +18,98 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use uuid::Uuid;
 
-/// The consumer group of an integration.
+use crate::feed::Tp;
+
+/// The consumer group an integration committed to before positions moved to Postgres
+/// (also its name in traces: `messaging.consumer.group.name`).
 pub fn group_of(integration: Uuid) -> String {
     format!("collect.integration.{integration}")
+}
+
+/// The stored positions of `integration`.
+pub async fn load(
+    db: &deadpool_postgres::Pool,
+    integration: Uuid,
+) -> Result<HashMap<Tp, i64>, String> {
+    let c = db.get().await.map_err(|e| format!("positions: {e}"))?;
+    let rows = c
+        .query(
+            "SELECT topic, kafka_partition, next_offset FROM integration_positions \
+             WHERE integration_id = $1",
+            &[&integration],
+        )
+        .await
+        .map_err(|e| format!("positions: {e}"))?;
+    Ok(rows
+        .iter()
+        .map(|r| ((r.get::<_, String>(0), r.get::<_, i32>(1)), r.get(2)))
+        .collect())
+}
+
+/// Stores `positions` of `integration`. With `generation`, only while the integration's lease
+/// generation is still that one: `Ok(false)` when another writer took it since (nothing is
+/// written). Never blocks a runtime thread (an async Postgres statement).
+pub async fn save(
+    db: &deadpool_postgres::Pool,
+    integration: Uuid,
+    generation: Option<i64>,
+    positions: &BTreeMap<Tp, i64>,
+) -> Result<bool, String> {
+    if positions.is_empty() {
+        return Ok(true);
+    }
+    let topics: Vec<&str> = positions.keys().map(|(t, _)| t.as_str()).collect();
+    let parts: Vec<i32> = positions.keys().map(|(_, p)| *p).collect();
+    let offsets: Vec<i64> = positions.values().copied().collect();
+    let c = db.get().await.map_err(|e| format!("positions: {e}"))?;
+    let n = c
+        .execute(
+            "INSERT INTO integration_positions (integration_id, topic, kafka_partition, next_offset) \
+             SELECT $1, t, p, o FROM unnest($3::text[], $4::int[], $5::bigint[]) AS u(t, p, o) \
+             WHERE EXISTS (SELECT 1 FROM integrations WHERE id = $1 \
+                           AND ($2::bigint IS NULL OR lease_generation = $2)) \
+             ON CONFLICT (integration_id, topic, kafka_partition) \
+             DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()",
+            &[&integration, &generation, &topics, &parts, &offsets],
+        )
+        .await
+        .map_err(|e| format!("positions: {e}"))?;
+    Ok(n as usize == positions.len())
+}
+
+/// The committed offsets of the integration's former consumer group (blocking: a Kafka
+/// client made for the question and dropped after it).
+pub fn from_group(
+    brokers: &str,
+    options: &[(String, String)],
+    integration: Uuid,
+    tps: &[Tp],
+) -> Result<HashMap<Tp, i64>, String> {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group_of(integration))
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000");
+    for (k, v) in options {
+        config.set(k, v);
+    }
+    let consumer: BaseConsumer = config.create().map_err(|e| e.to_string())?;
+    let mut tpl = TopicPartitionList::new();
+    for (t, p) in tps {
+        tpl.add_partition(t, *p);
+    }
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .map_err(|e| e.to_string())?;
+    Ok(committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) if o >= 0 => Some(((e.topic().to_string(), e.partition()), o)),
+            _ => None,
+        })
+        .collect())
 }
 
 /// One partition an integration reads.
@@ -22,7 +119,7 @@ pub struct Position {
     pub topic: String,
     /// Partition (the form's).
     pub partition: i32,
-    /// The next offset the integration will read (committed), if it committed any.
+    /// The next offset the integration will read (stored), if it stored any.
     pub committed: Option<i64>,
     /// The oldest offset the topic still holds.
     pub low: i64,
@@ -31,18 +128,20 @@ pub struct Position {
 }
 
 impl Position {
-    /// Records between the committed offset (or the oldest one) and the end. Records of
+    /// Records between the stored position (or the oldest offset) and the end. Records of
     /// other forms sharing the partition count too: the worker reads and skips them.
     pub fn lag(&self) -> i64 {
         (self.high - self.committed.unwrap_or(self.low).max(self.low)).max(0)
     }
 }
 
-/// Where an integration reads from.
+/// Where an integration reads from, seen from outside its worker.
 pub struct Positions {
-    consumer: BaseConsumer,
+    consumer: std::sync::Arc<BaseConsumer>,
     topics: Vec<String>,
     form: String,
+    integration: Uuid,
+    db: deadpool_postgres::Pool,
 }
 
 fn blocking_err(e: impl std::fmt::Display) -> String {
@@ -57,28 +156,31 @@ impl Positions {
         topics: &[&str],
         integration: Uuid,
         form: Uuid,
+        db: deadpool_postgres::Pool,
     ) -> Result<Self, String> {
         let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", brokers)
-            .set("group.id", group_of(integration))
-            .set("enable.auto.commit", "false")
-            .set("session.timeout.ms", "6000");
+        config.set("bootstrap.servers", brokers);
         for (k, v) in options {
             config.set(k, v);
         }
         Ok(Self {
-            consumer: config.create().map_err(blocking_err)?,
+            consumer: std::sync::Arc::new(config.create().map_err(blocking_err)?),
             topics: topics.iter().map(|t| t.to_string()).collect(),
             form: form.to_string(),
+            integration,
+            db,
         })
     }
 
-    fn assignment(&self) -> Result<TopicPartitionList, String> {
-        let mut tpl = TopicPartitionList::new();
-        for topic in &self.topics {
-            let meta = self
-                .consumer
+    /// The integration's partitions with their watermarks (blocking).
+    fn marks(
+        consumer: &BaseConsumer,
+        topics: &[String],
+        form: &str,
+    ) -> Result<Vec<(Tp, i64, i64)>, String> {
+        let mut out = Vec::new();
+        for topic in topics {
+            let meta = consumer
                 .fetch_metadata(Some(topic), Duration::from_secs(10))
                 .map_err(blocking_err)?;
             let n = meta
@@ -87,49 +189,49 @@ impl Positions {
                 .map(|t| t.partitions().len() as i32)
                 .filter(|n| *n > 0)
                 .ok_or_else(|| format!("topic {topic} does not exist"))?;
-            tpl.add_partition(topic, partition_for(&self.form, n));
-        }
-        Ok(tpl)
-    }
-
-    /// The integration's partitions with their committed offsets and ends (blocking).
-    pub fn read(&self) -> Result<Vec<Position>, String> {
-        let committed = self
-            .consumer
-            .committed_offsets(self.assignment()?, Duration::from_secs(10))
-            .map_err(blocking_err)?;
-        let mut out = Vec::new();
-        for e in committed.elements() {
-            let (low, high) = self
-                .consumer
-                .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(10))
+            let p = partition_for(form, n);
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
                 .map_err(blocking_err)?;
-            out.push(Position {
-                topic: e.topic().to_string(),
-                partition: e.partition(),
-                committed: match e.offset() {
-                    Offset::Offset(o) if o >= 0 => Some(o),
-                    _ => None,
-                },
-                low,
-                high,
-            });
+            out.push(((topic.clone(), p), low, high));
         }
         Ok(out)
     }
 
-    /// Commits the oldest offset each partition still holds, so that the integration reads
-    /// everything again (blocking). Only while no worker runs it: a running worker would
-    /// commit over it.
-    pub fn rewind(&self) -> Result<Vec<Position>, String> {
-        let mut tpl = TopicPartitionList::new();
-        for p in self.read()? {
-            tpl.add_partition_offset(&p.topic, p.partition, Offset::Offset(p.low))
-                .map_err(blocking_err)?;
-        }
-        self.consumer
-            .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
-            .map_err(blocking_err)?;
-        self.read()
+    /// The integration's partitions with their stored positions and watermarks.
+    pub async fn read(&self) -> Result<Vec<Position>, String> {
+        let (c, topics, form) = (
+            self.consumer.clone(),
+            self.topics.clone(),
+            self.form.clone(),
+        );
+        let marks = tokio::task::spawn_blocking(move || Self::marks(&c, &topics, &form))
+            .await
+            .map_err(blocking_err)??;
+        let stored = load(&self.db, self.integration).await?;
+        Ok(marks
+            .into_iter()
+            .map(|(tp, low, high)| Position {
+                committed: stored.get(&tp).copied(),
+                topic: tp.0,
+                partition: tp.1,
+                low,
+                high,
+            })
+            .collect())
+    }
+
+    /// Stores the oldest offset each partition still holds, so that the integration reads
+    /// everything again. Only while no worker runs it (hold its lease): a running worker
+    /// would store over it.
+    pub async fn rewind(&self) -> Result<Vec<Position>, String> {
+        let low: BTreeMap<Tp, i64> = self
+            .read()
+            .await?
+            .into_iter()
+            .map(|p| ((p.topic, p.partition), p.low))
+            .collect();
+        save(&self.db, self.integration, None, &low).await?;
+        self.read().await
     }
 }

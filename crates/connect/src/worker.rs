@@ -2,28 +2,27 @@
 //! through the sink with retries, dead-letter what can never be written, and commit offsets
 //! only past what is durable.
 //!
-//! Each integration has its own consumer, manually assigned to the one partition of each
-//! topic that holds its form (the reader partitions by form), with its offsets committed
-//! under its own consumer group `collect.integration.<id>`. So pausing, resuming or
-//! replaying one integration never moves another, and an integration reads one partition,
-//! not the whole topic.
+//! Each integration reads the one partition of each topic that holds its form (the reader
+//! partitions by form) through the process's shared [`Feed`]: records are read and decoded
+//! once per process and handed to the integrations of their form. Each integration keeps its
+//! own position (stored in Postgres, [`crate::offsets`]), so pausing, resuming, replaying or a
+//! slow third party of one integration never moves nor holds back another.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use collect_events::partition_for;
 use collect_telemetry::opentelemetry::global::BoxedSpan;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tracing::Instrument as _;
 
-use crate::decode::{DecodeError, Decoder, Stream};
+use crate::decode::Decoder;
 use crate::dlq::{DeadLetter, DeadLetters};
+use crate::feed::{Feed, Held, Subscription, Tp};
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
+use crate::offsets;
 use crate::retry::RetryPolicy;
 use crate::sink::{Delivery, Sink, SinkContext, SinkError, SinkEvent};
 use crate::store::Integration;
@@ -57,6 +56,12 @@ pub struct Settings {
     pub idle_commit: Duration,
     /// Extra librdkafka consumer settings.
     pub consumer_options: Vec<(String, String)>,
+    /// Bytes the process's records may hold in memory, across every integration (queued
+    /// for them and in their batches; a record costs about twice its size, see
+    /// [`crate::feed`]).
+    pub memory_budget_bytes: usize,
+    /// Kafka consumers serving integrations behind the live one, in turn.
+    pub catch_up_readers: usize,
 }
 
 impl Settings {
@@ -83,6 +88,8 @@ impl Settings {
             },
             idle_commit: Duration::from_secs(5),
             consumer_options: Vec::new(),
+            memory_budget_bytes: 256 * 1024 * 1024,
+            catch_up_readers: 2,
         }
     }
 }
@@ -100,8 +107,10 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Rate limits.
     pub limiter: Limiter,
-    /// Postgres, for sinks' state.
+    /// Postgres, for sinks' state and integrations' positions.
     pub db: deadpool_postgres::Pool,
+    /// The process's reading of the event topics.
+    pub feed: Feed,
 }
 
 /// One worker's assignment.
@@ -134,10 +143,12 @@ pub enum WorkerExit {
 /// A consumed record and its event.
 struct Read {
     delivery: Delivery,
-    key: Option<Vec<u8>>,
-    value: Vec<u8>,
+    key: Option<Arc<[u8]>>,
+    value: Arc<[u8]>,
     /// The record's `process` span, when traced (ended when the batch is done).
     span: Option<BoxedSpan>,
+    /// Its share of the process's memory budget, given back when the batch is done.
+    _held: Held,
 }
 
 /// Runs the worker of one integration until it is stopped or paused.
@@ -160,14 +171,6 @@ pub async fn run<S: Sink>(mut sink: S, kind: &'static str, mut job: Job) -> Work
         tracing::warn!(integration = %id, kind, reason, "integration paused");
     }
     exit
-}
-
-fn stream_of(settings: &Settings, topic: &str) -> Stream {
-    if topic == settings.forms_topic {
-        Stream::Forms
-    } else {
-        Stream::Responses
-    }
 }
 
 fn form_of(event: &SinkEvent) -> &str {
@@ -216,38 +219,80 @@ async fn pause_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| format!("blocking task: {e}"))
+/// The error of a worker whose lease another writer took.
+fn lease_lost(id: &str) -> String {
+    format!("lease lost: another writer runs integration {id}; positions not stored")
 }
 
-/// Moves the integration's committed offsets back to the oldest each of its partitions
+/// Moves the integration's positions back to the oldest offset each of its partitions
 /// holds, then tells the sink ([`Sink::rewound`]); the worker exits to be restarted from
 /// there.
 async fn rewind<S: Sink>(
-    consumer: &Arc<StreamConsumer>,
-    assigned: &TopicPartitionList,
+    job: &Job,
+    tps: &[Tp],
     sink: &mut S,
     ctx: &SinkContext,
     message: String,
 ) -> Result<WorkerExit, String> {
-    let (c, parts) = (consumer.clone(), assigned.clone());
-    blocking(move || {
-        let mut tpl = TopicPartitionList::new();
-        for e in parts.elements() {
-            let (low, _) = c
-                .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(10))
-                .map_err(|e| e.to_string())?;
-            tpl.add_partition_offset(e.topic(), e.partition(), Offset::Offset(low))
-                .map_err(|e| e.to_string())?;
-        }
-        c.commit(&tpl, CommitMode::Sync).map_err(|e| e.to_string())
-    })
-    .await??;
+    let marks = job.shared.feed.watermarks(tps).await?;
+    let low: BTreeMap<Tp, i64> = tps.iter().cloned().zip(marks.iter().map(|m| m.0)).collect();
+    let id = job.integration.id;
+    if !offsets::save(&job.shared.db, id, Some(job.lease_generation), &low).await? {
+        return Err(lease_lost(&id.to_string()));
+    }
     sink.rewound(ctx).await.map_err(|e| e.to_string())?;
     tracing::warn!(integration = %ctx.integration_id, reason = message, "the sink asked for its events again; reading them from the oldest the topics hold");
     Ok(WorkerExit::Rewound(message))
+}
+
+/// Where the integration starts reading: its stored positions; where it has none, its
+/// former consumer group's committed offsets, else the oldest offset the partition holds
+/// (stored at once, so the group is asked once). A position older than the oldest record
+/// the topic still holds (retention removed records it never read), or past the end (the
+/// topic was recreated), starts at the oldest, with a warning.
+async fn starts(job: &Job, tps: &[Tp]) -> Result<BTreeMap<Tp, i64>, String> {
+    let shared = &job.shared;
+    let id = job.integration.id;
+    let stored = offsets::load(&shared.db, id).await?;
+    let missing = tps.iter().any(|tp| !stored.contains_key(tp));
+    let mut imported = HashMap::new();
+    if missing {
+        let (brokers, options, t) = (
+            shared.settings.brokers.clone(),
+            shared.settings.consumer_options.clone(),
+            tps.to_vec(),
+        );
+        match tokio::task::spawn_blocking(move || offsets::from_group(&brokers, &options, id, &t))
+            .await
+        {
+            Ok(Ok(found)) => imported = found,
+            Ok(Err(e)) => return Err(format!("committed offsets of the former group: {e}")),
+            Err(e) => return Err(format!("blocking task: {e}")),
+        }
+    }
+    let marks = shared.feed.watermarks(tps).await?;
+    let mut out = BTreeMap::new();
+    for (tp, (low, high)) in tps.iter().zip(marks) {
+        let mut at = stored
+            .get(tp)
+            .or_else(|| imported.get(tp))
+            .copied()
+            .unwrap_or(low);
+        if at > high {
+            // Offsets never go back in a partition: this is another partition of the same
+            // name (the topic was recreated, the Kafka cluster replaced). Read it all.
+            tracing::warn!(integration = %id, topic = tp.0, partition = tp.1, position = at, end = high, "the stored position is past the partition's end: the topic was recreated; reading it from the oldest record");
+            at = low;
+        }
+        if at < low {
+            tracing::warn!(integration = %id, topic = tp.0, partition = tp.1, position = at, oldest = low, "records this integration never read were removed by the topic's retention; reading from the oldest it holds");
+        }
+        out.insert(tp.clone(), at.max(low));
+    }
+    if missing && !offsets::save(&shared.db, id, Some(job.lease_generation), &out).await? {
+        return Err(lease_lost(&id.to_string()));
+    }
+    Ok(out)
 }
 
 async fn work<S: Sink>(
@@ -272,70 +317,21 @@ async fn work<S: Sink>(
         db: job.shared.db.clone(),
         stop: job.stop.clone(),
     };
-
-    let group = format!("collect.integration.{id}");
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &settings.brokers)
-        .set("group.id", &group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "6000")
-        // Bounded prefetch: at most this much waits in memory while the sink is slow.
-        .set("queued.max.messages.kbytes", "4096")
-        .set("fetch.max.bytes", "4194304");
-    for (k, v) in &settings.consumer_options {
-        config.set(k, v);
-    }
-    let consumer: Arc<StreamConsumer> = Arc::new(config.create().map_err(|e| e.to_string())?);
+    let group = offsets::group_of(integ.id);
 
     // The one partition of each topic that holds this form.
     let topics = [
         settings.responses_topic.clone(),
         settings.forms_topic.clone(),
     ];
-    let (c, t) = (consumer.clone(), topics.clone());
-    let counts = blocking(move || {
-        t.iter()
-            .map(|topic| {
-                let meta = c
-                    .fetch_metadata(Some(topic), Duration::from_secs(10))
-                    .map_err(|e| e.to_string())?;
-                meta.topics()
-                    .first()
-                    .map(|x| x.partitions().len() as i32)
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| format!("topic {topic} has no partitions"))
-            })
-            .collect::<Result<Vec<i32>, String>>()
-    })
-    .await??;
-    let mut assigned = TopicPartitionList::new();
-    for (topic, n) in topics.iter().zip(&counts) {
-        assigned.add_partition(topic, partition_for(&form_id, *n));
-    }
-    let c = consumer.clone();
-    let wanted = assigned.clone();
-    let committed = blocking(move || c.committed_offsets(wanted, Duration::from_secs(10)))
-        .await?
-        .map_err(|e| e.to_string())?;
-    let mut start = TopicPartitionList::new();
-    let mut durable: BTreeMap<(String, i32), i64> = BTreeMap::new();
-    for e in committed.elements() {
-        let offset = match e.offset() {
-            Offset::Offset(o) if o >= 0 => Offset::Offset(o),
-            _ => Offset::Beginning,
-        };
-        start
-            .add_partition_offset(e.topic(), e.partition(), offset)
-            .map_err(|e| e.to_string())?;
-        if let Offset::Offset(o) = offset {
-            durable.insert((e.topic().to_string(), e.partition()), o);
-        }
-    }
-    consumer.assign(&start).map_err(|e| e.to_string())?;
-    tracing::info!(integration = %id, kind, form = %form_id, partitions = ?start.elements().iter().map(|e| (e.topic().to_string(), e.partition(), e.offset())).collect::<Vec<_>>(), "worker started");
+    let counts = job.shared.feed.partition_counts(&topics).await?;
+    let tps: Vec<Tp> = topics
+        .iter()
+        .zip(&counts)
+        .map(|(t, n)| (t.clone(), partition_for(&form_id, *n)))
+        .collect();
+    let starts = starts(job, &tps).await?;
+    tracing::info!(integration = %id, kind, form = %form_id, positions = ?starts, "worker started");
 
     // Prepare the destination.
     let mut attempt = 0;
@@ -344,7 +340,7 @@ async fn work<S: Sink>(
             Ok(()) => break,
             Err(SinkError::Fatal { message }) => return Ok(WorkerExit::Paused(message)),
             Err(SinkError::Rewind { message }) => {
-                return rewind(&consumer, &assigned, sink, &ctx, message).await;
+                return rewind(job, &tps, sink, &ctx, message).await;
             }
             Err(SinkError::Retryable {
                 message,
@@ -367,9 +363,13 @@ async fn work<S: Sink>(
     };
     let max_events = max_events.clamp(1, settings.batch_ceiling_events.max(1));
     let max_bytes = max_bytes.clamp(1, settings.batch_ceiling_bytes.max(1));
+    // Room for a full batch and as much again waiting, within a quarter of the budget.
+    let cap = (2 * max_bytes + 1024 * max_events).min(settings.memory_budget_bytes / 4);
+    let from: Vec<(Tp, i64)> = starts.iter().map(|(k, v)| (k.clone(), *v)).collect();
+    let mut sub: Subscription = job.shared.feed.subscribe(&form_id, &from, cap).await?;
     let start = integ.start_at.map(|t| t.timestamp_micros());
-    let mut read_to = durable.clone();
-    let mut last_commit = Instant::now();
+    let mut read_to = starts.clone();
+    let mut durable = starts;
     let mut last_lag = Instant::now() - Duration::from_secs(60);
     loop {
         // Gather a batch.
@@ -380,93 +380,72 @@ async fn work<S: Sink>(
         while !stopping && batch.len() < max_events && bytes < max_bytes {
             let wait = match first {
                 Some(t) => settings.batch_max_wait.saturating_sub(t.elapsed()),
-                None => Duration::from_secs(1),
+                // Idle: wake now and then to store progress over other forms' records.
+                None => settings.idle_commit,
             };
             if first.is_some() && wait.is_zero() {
                 break;
             }
-            let msg = tokio::select! {
+            let fed = tokio::select! {
                 _ = job.stop.changed() => { stopping = true; continue; }
-                r = tokio::time::timeout(wait, consumer.recv()) => r,
+                r = tokio::time::timeout(wait, sub.recv()) => r,
             };
-            let msg = match msg {
-                Err(_) => {
-                    if first.is_some() {
-                        break;
-                    }
-                    // Idle: commit progress over other forms' records now and then.
-                    if read_to != durable && last_commit.elapsed() >= settings.idle_commit {
-                        break;
-                    }
-                    continue;
-                }
-                Ok(Err(e)) => return Err(format!("consumer: {e}")),
-                Ok(Ok(msg)) => msg,
+            let fed = match fed {
+                Err(_) => break,
+                Ok(None) => return Err("the process's feed stopped".into()),
+                Ok(Some(fed)) => fed,
             };
-            let topic = msg.topic().to_string();
-            let (partition, offset) = (msg.partition(), msg.offset());
-            let value = msg.payload().unwrap_or_default().to_vec();
-            let key = msg.key().map(<[u8]>::to_vec);
-            let traceparent = collect_telemetry::enabled()
-                .then(|| trace::traceparent(&msg))
-                .flatten();
-            drop(msg);
-            match job
-                .shared
-                .decoder
-                .decode(stream_of(&settings, &topic), &value)
-                .await
-            {
+            read_to.insert((fed.topic.clone(), fed.partition), fed.offset + 1);
+            match fed.event {
                 // Responses submitted before the integration's start are not its to deliver
                 // (a notification attached to a form with history); their offsets move on.
                 Ok(event) if form_of(&event) == form_id && !before(&event, start) => {
-                    bytes += value.len();
+                    bytes += fed.value.len();
                     first.get_or_insert_with(Instant::now);
                     let span = trace::process(
-                        traceparent.as_deref(),
+                        fed.traceparent.as_deref(),
                         &trace::Source {
-                            topic: &topic,
-                            partition,
-                            offset,
+                            topic: &fed.topic,
+                            partition: fed.partition,
+                            offset: fed.offset,
                             group: &group,
-                            key: key.as_deref(),
+                            key: fed.key.as_deref(),
                         },
                     );
                     batch.push(Read {
                         delivery: Delivery {
                             event,
-                            topic: topic.clone(),
-                            partition,
-                            offset,
+                            topic: fed.topic,
+                            partition: fed.partition,
+                            offset: fed.offset,
                             redriven: false,
                         },
-                        key,
-                        value,
+                        key: fed.key,
+                        value: fed.value,
                         span,
+                        _held: fed.held,
                     });
                 }
                 Ok(_) => {}
-                Err(DecodeError::Poison(reason)) => {
+                Err(reason) => {
                     job.shared
                         .dead_letters
                         .send(DeadLetter {
                             integration: &id,
                             kind,
                             reason: &reason,
-                            topic: &topic,
-                            partition,
-                            offset,
-                            key: key.as_deref(),
-                            value: &value,
+                            topic: &fed.topic,
+                            partition: fed.partition,
+                            offset: fed.offset,
+                            key: fed.key.as_deref(),
+                            value: &fed.value,
                             form: None,
                         })
                         .await?;
                     m.dead_letters.with_label_values(&labels).inc();
-                    tracing::warn!(integration = %id, topic, partition, offset, reason, "undecodable record sent to the dead-letter topic");
+                    tracing::warn!(integration = %id, topic = fed.topic, partition = fed.partition, offset = fed.offset, reason, "undecodable record sent to the dead-letter topic");
                 }
-                Err(DecodeError::Unavailable(e)) => return Err(e),
             }
-            read_to.insert((topic, partition), offset + 1);
         }
 
         if !batch.is_empty() {
@@ -502,7 +481,7 @@ async fn work<S: Sink>(
                         return Ok(WorkerExit::Paused(message));
                     }
                     Err(SinkError::Rewind { message }) => {
-                        return rewind(&consumer, &assigned, sink, &ctx, message).await;
+                        return rewind(job, &tps, sink, &ctx, message).await;
                     }
                     Err(SinkError::Retryable {
                         message,
@@ -513,7 +492,7 @@ async fn work<S: Sink>(
                         span.record("otel.status_code", "error");
                         span.in_scope(|| tracing::warn!(integration = %id, error = message, retry_in = ?wait, "batch failed; retrying"));
                         if pause_or_stop(wait, &mut job.stop).await {
-                            // Nothing of this batch is committed: it comes again next time.
+                            // Nothing of this batch is stored: it comes again next time.
                             return Ok(WorkerExit::Stopped);
                         }
                         attempt += 1;
@@ -552,42 +531,27 @@ async fn work<S: Sink>(
             }
             age.set(0.0);
         }
+        drop(batch);
 
-        // Everything read so far is durable, skipped or dead-lettered: commit it.
+        // Everything read so far is durable, skipped or dead-lettered: store the position
+        // (past other forms' records too, when nothing of this one waits).
+        sub.progress(&mut read_to);
         if read_to != durable {
-            let mut tpl = TopicPartitionList::new();
-            for ((topic, partition), offset) in &read_to {
-                tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))
-                    .map_err(|e| e.to_string())?;
+            if !offsets::save(
+                &job.shared.db,
+                integ.id,
+                Some(job.lease_generation),
+                &read_to,
+            )
+            .await?
+            {
+                return Err(lease_lost(&id));
             }
-            consumer
-                .commit(&tpl, CommitMode::Sync)
-                .map_err(|e| format!("commit: {e}"))?;
             durable = read_to.clone();
-            last_commit = Instant::now();
         }
         if last_lag.elapsed() >= Duration::from_secs(5) {
             last_lag = Instant::now();
-            let (c, positions) = (consumer.clone(), durable.clone());
-            let all: Vec<(String, i32)> = assigned
-                .elements()
-                .iter()
-                .map(|e| (e.topic().to_string(), e.partition()))
-                .collect();
-            if let Ok(lag) = blocking(move || {
-                all.iter()
-                    .map(|(t, p)| {
-                        let (_, high) = c
-                            .fetch_watermarks(t, *p, Duration::from_secs(2))
-                            .unwrap_or((0, 0));
-                        (high - positions.get(&(t.clone(), *p)).copied().unwrap_or(0)).max(0)
-                    })
-                    .sum::<i64>()
-            })
-            .await
-            {
-                m.lag.with_label_values(&labels).set(lag);
-            }
+            m.lag.with_label_values(&labels).set(sub.lag(&durable));
         }
         if stopping {
             return Ok(WorkerExit::Stopped);

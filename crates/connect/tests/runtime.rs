@@ -8,21 +8,10 @@ use std::sync::PoisonError;
 use std::time::Duration;
 
 use collect_connect::conformance::memory::{MemorySink, store};
-use collect_connect::conformance::{Env, Target, run_all, wait_observed};
+use collect_connect::conformance::{Env, Target, logs, run_all, wait_observed};
 use collect_connect::store::Integration;
 use collect_connect::worker::WorkerExit;
 use serde_json::{Value, json};
-
-fn logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("warn,collect_connect=info,rdkafka=error")
-            }),
-        )
-        .with_test_writer()
-        .try_init();
-}
 
 struct MemoryTarget;
 

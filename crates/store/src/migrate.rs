@@ -94,6 +94,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0015_sheets_refill",
         sql: include_str!("../../../migrations/0015_sheets_refill.sql"),
     },
+    Migration {
+        version: 16,
+        name: "0016_integration_positions",
+        sql: include_str!("../../../migrations/0016_integration_positions.sql"),
+    },
 ];
 
 /// Advisory lock key held while migrating ("collect" in ASCII).

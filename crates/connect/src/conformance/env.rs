@@ -171,11 +171,15 @@ impl Env {
         settings.idle_commit = Duration::from_millis(500);
         settings.retry.initial = Duration::from_millis(20);
         settings.retry.max = Duration::from_millis(500);
+        let settings = Arc::new(settings);
+        let decoder = Arc::new(Decoder::new(&registry));
+        let metrics = Metrics::new();
         let shared = Shared {
-            settings: Arc::new(settings),
-            decoder: Arc::new(Decoder::new(&registry)),
+            feed: crate::feed::Feed::new(settings.clone(), decoder.clone(), metrics.clone())?,
+            settings,
+            decoder,
             dead_letters: DeadLetters::new(&brokers, &dlq, &[]).map_err(|e| e.to_string())?,
-            metrics: Metrics::new(),
+            metrics,
             limiter: Limiter::new(),
             db: pool.clone(),
         };
@@ -204,14 +208,48 @@ impl Env {
         let mut s = (*self.shared.settings).clone();
         f(&mut s);
         self.shared.settings = Arc::new(s);
+        // The feed reads with the new settings (memory budget, catch-up readers).
+        if let Ok(feed) = crate::feed::Feed::new(
+            self.shared.settings.clone(),
+            self.shared.decoder.clone(),
+            self.shared.metrics.clone(),
+        ) {
+            self.shared.feed = feed;
+        }
     }
 
     /// Stores an integration of `kind` on the test form.
     pub async fn integration(&self, kind: &str, config: Value) -> Result<Integration, String> {
+        self.integration_on(self.form, kind, config).await
+    }
+
+    /// Stores another form of the test organization whose events share the test form's
+    /// partition (the reader partitions by form; many forms share each partition).
+    pub async fn sibling_form(&self) -> Result<Uuid, String> {
+        let form = std::iter::repeat_with(Uuid::now_v7)
+            .find(|f| partition_for(&f.to_string(), PARTITIONS) == self.partition())
+            .ok_or("no form id")?;
+        let c = self.pool.get().await.map_err(|e| e.to_string())?;
+        c.execute(
+            "INSERT INTO forms (id, org_id, title) VALUES ($1, $2, 'sibling')",
+            &[&form, &self.org],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        Ok(form)
+    }
+
+    /// Stores an integration of `kind` on `form` (the test form or a sibling).
+    pub async fn integration_on(
+        &self,
+        form: Uuid,
+        kind: &str,
+        config: Value,
+    ) -> Result<Integration, String> {
         let (i, _) = IntegrationStore::new(self.pool.clone())
             .upsert(NewIntegration {
                 org_id: self.org,
-                form_id: self.form,
+                form_id: form,
                 kind,
                 name: None,
                 config: &config,

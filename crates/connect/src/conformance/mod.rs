@@ -332,3 +332,16 @@ pub async fn run_all<T: Target>(t: &T) -> Vec<String> {
     );
     failures
 }
+
+/// Logs of a test, through the test harness's writer (`RUST_LOG` overrides the default:
+/// warnings, and the runtime's own information).
+pub fn logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("warn,collect_connect=info,rdkafka=error")
+            }),
+        )
+        .with_test_writer()
+        .try_init();
+}
