@@ -94,7 +94,7 @@ impl Kind for Sheets {
                 redirect_uri,
                 token_uri,
             } => {
-                let http = reqwest::Client::new();
+                let http = crate::sink::shared_http();
                 let refresh_token = auth::exchange_code(
                     &http,
                     &client_id,

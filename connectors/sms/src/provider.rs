@@ -76,11 +76,20 @@ const MAX_PAGES: usize = 50;
 impl Twilio {
     /// A client of the API at `base` (`https://api.twilio.com`).
     pub fn new(base: &str, account: &str, token: &str) -> Result<Self, String> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(15))
-            .build()
-            .map_err(|e| e.to_string())?;
+        // One client per process, shared by every SMS integration: one connection pool and
+        // one loading of the TLS roots.
+        static HTTP: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+        let http = match HTTP.get() {
+            Some(c) => c.clone(),
+            None => {
+                let c = reqwest::Client::builder()
+                    .connect_timeout(Duration::from_secs(5))
+                    .timeout(Duration::from_secs(15))
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                HTTP.get_or_init(|| c).clone()
+            }
+        };
         Ok(Self {
             http,
             base: base.trim_end_matches('/').to_string(),

@@ -76,15 +76,15 @@ impl Stack {
     }
 
     /// A service account `name` of `project` (its key and e-mail), a spreadsheet titled
-    /// `title` shared with it and with `reader` (an e-mail and its project), and the
-    /// reader's access token.
+    /// `title` shared with it and with `readers` (e-mails and their projects), and the
+    /// readers' access tokens.
     pub(crate) async fn new_sheet(
         &self,
         name: &str,
         project: &str,
         title: &str,
-        reader: (&str, &str),
-    ) -> Result<(Value, String, String, String)> {
+        readers: &[(String, String)],
+    ) -> Result<(Value, String, String, Vec<String>)> {
         let key = self
             .post(
                 format!("{}/emulator/service-accounts", self.sheets),
@@ -100,24 +100,29 @@ impl Stack {
             .post(
                 format!("{}/emulator/spreadsheets", self.sheets),
                 None,
-                json!({"title": title, "shared_with": [email, reader.0]}),
+                json!({"title": title, "shared_with":
+                    std::iter::once(&email).chain(readers.iter().map(|r| &r.0)).collect::<Vec<_>>()}),
             )
             .await?;
         let spreadsheet = sheet["spreadsheetId"]
             .as_str()
             .context("spreadsheetId")?
             .to_string();
-        let token = self
-            .post(
-                format!("{}/emulator/access-tokens", self.sheets),
-                None,
-                json!({"email": reader.0, "project": reader.1}),
-            )
-            .await?["access_token"]
-            .as_str()
-            .context("access_token")?
-            .to_string();
-        Ok((key, email, spreadsheet, token))
+        let mut tokens = Vec::new();
+        for (reader, project) in readers {
+            tokens.push(
+                self.post(
+                    format!("{}/emulator/access-tokens", self.sheets),
+                    None,
+                    json!({"email": reader, "project": project}),
+                )
+                .await?["access_token"]
+                    .as_str()
+                    .context("access_token")?
+                    .to_string(),
+            );
+        }
+        Ok((key, email, spreadsheet, tokens))
     }
 
     pub(crate) async fn post(
@@ -353,14 +358,15 @@ pub async fn run(args: Args) -> Result<()> {
     }
     println!("  submitted in {:.1} s", started.elapsed().as_secs_f64());
 
-    let (key, email, spreadsheet, token) = s
+    let (key, email, spreadsheet, tokens) = s
         .new_sheet(
             &format!("bench-{}", &form[form.len() - 8..]),
             "collect-bench",
             "sheets bench",
-            (READER, "bench-reader"),
+            &[(READER.into(), "bench-reader".into())],
         )
         .await?;
+    let token = tokens.concat();
     let before = s.get(format!("{}/emulator/stats", s.sheets), None).await?;
 
     let attached = Instant::now();

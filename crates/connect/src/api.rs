@@ -252,6 +252,7 @@ pub async fn apply(
         .await
         .map_err(|e| ApiErr::from(e).0)?;
     tracing::info!(integration = %stored.0.id, kind = body.kind, created = stored.1, "integration stored");
+    crate::supervisor::integrations_changed();
     Ok(stored)
 }
 
@@ -361,9 +362,12 @@ async fn set_status(
     reason: Option<&str>,
 ) -> Result<Integration, ApiErr> {
     let id = parse_id(id, "integration")?;
-    Ok(s.integrations
+    let i = s
+        .integrations
         .set_status_of(org, id, status, reason)
-        .await?)
+        .await?;
+    crate::supervisor::integrations_changed();
+    Ok(i)
 }
 
 async fn pause(

@@ -13,15 +13,20 @@ use std::time::Duration;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 /// A quota: at most `count` requests in any window of `per` (fixed, as Google's per-minute
-/// quotas are counted, or rolling). Permits are spaced evenly, `per / (count - 1)` apart,
-/// with no burst: a burst allowed by a token bucket of `count` would put up to twice the
-/// quota in one window (the burst, then the refill), which the third party refuses (429).
+/// quotas are counted, or rolling). GCRA: up to `burst` permits at once, then permits
+/// spaced `per / (count - burst)` apart, so that any window of `per` holds at most
+/// `burst + (count - burst) = count` of them. (A token bucket of `count` refilled at the
+/// quota's rate would put up to twice the quota in one window: the burst, then the refill,
+/// which the third party refuses with 429.) A small burst lets a new integration make its
+/// first few requests at once; a larger one costs sustained rate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rate {
     /// Requests allowed per period.
     pub count: u32,
     /// The period.
     pub per: Duration,
+    /// Permits that may be taken at once (at least 1, less than `count`).
+    pub burst: u32,
 }
 
 impl Rate {
@@ -30,7 +35,20 @@ impl Rate {
         Self {
             count,
             per: Duration::from_secs(60),
+            burst: 1,
         }
+    }
+
+    /// The same quota with up to `burst` permits at once (bounded to `count - 1`).
+    pub fn with_burst(self, burst: u32) -> Self {
+        Self {
+            burst: burst.clamp(1, self.count.saturating_sub(1).max(1)),
+            ..self
+        }
+    }
+
+    fn burst(self) -> u32 {
+        self.burst.clamp(1, self.count.saturating_sub(1).max(1))
     }
 
     /// `count` per second.
@@ -38,18 +56,19 @@ impl Rate {
         Self {
             count,
             per: Duration::from_secs(1),
+            burst: 1,
         }
     }
 
     /// The spacing between two permits.
     pub fn interval(self) -> Duration {
-        (self.per / self.count.saturating_sub(1).max(1)).max(Duration::from_nanos(1))
+        (self.per / self.count.saturating_sub(self.burst()).max(1)).max(Duration::from_nanos(1))
     }
 
     fn quota(self) -> Quota {
         Quota::with_period(self.interval())
             .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
-            .allow_burst(NonZeroU32::MIN)
+            .allow_burst(NonZeroU32::new(self.burst()).unwrap_or(NonZeroU32::MIN))
     }
 }
 
@@ -102,9 +121,8 @@ impl Limiter {
     ) -> Result<Option<Duration>, String> {
         let c = pool.get().await.map_err(|e| e.to_string())?;
         let interval = rate.interval().as_secs_f64();
-        // No burst (see Rate): a permit is granted once the theoretical arrival time has
-        // come.
-        let window = interval;
+        // Up to `burst` permits ahead of the theoretical arrival time (see Rate).
+        let window = interval * f64::from(rate.burst());
         // GCRA: a request conforms when the theoretical arrival time, pushed by one
         // interval, stays within the burst window from now.
         let granted = c
@@ -203,11 +221,41 @@ mod tests {
     use super::*;
 
     #[tokio::test]
+    async fn a_burst_is_paid_for_by_wider_spacing_and_never_exceeds_the_quota() {
+        let l = Limiter::new();
+        // 4 in any 3 s, 2 at once: then one every 1.5 s.
+        let rate = Rate::per_second(4).with_burst(2);
+        let rate = Rate {
+            per: Duration::from_secs(3),
+            ..rate
+        };
+        assert_eq!(rate.interval(), Duration::from_millis(1500));
+        l.acquire("k", rate, Duration::ZERO).await.unwrap();
+        l.acquire("k", rate, Duration::ZERO).await.unwrap();
+        assert!(
+            l.acquire("k", rate, Duration::from_millis(1))
+                .await
+                .is_err()
+        );
+        // A burst never above count - 1, whatever is asked.
+        assert_eq!(Rate::per_minute(3).with_burst(10).burst, 2);
+        assert_eq!(
+            Rate::per_minute(60).interval(),
+            Duration::from_secs(60) / 59
+        );
+        assert_eq!(
+            Rate::per_minute(60).with_burst(3).interval(),
+            Duration::from_secs(60) / 57
+        );
+    }
+
+    #[tokio::test]
     async fn limits_per_key_and_gives_up_after_max_wait() {
         let l = Limiter::new();
         let rate = Rate {
             count: 3,
             per: Duration::from_millis(300),
+            burst: 1,
         };
         l.acquire("a", rate, Duration::ZERO).await.unwrap();
         // Permits are spaced (150 ms here): "a" waits, "b" does not.
@@ -241,6 +289,7 @@ mod shared_tests {
         let rate = Rate {
             count: 4,
             per: Duration::from_millis(900),
+            burst: 1,
         };
         a.acquire("google:user", rate, Duration::ZERO)
             .await

@@ -43,6 +43,9 @@ pub struct Metrics {
     pub feed_behind: IntGauge,
     /// Integrations reading from this process's feed.
     pub feed_subscriptions: IntGauge,
+    /// Records between the live consumer's position and the partitions' ends (a live
+    /// consumer that stopped reading shows here).
+    pub feed_live_lag: IntGauge,
 }
 
 impl Metrics {
@@ -153,6 +156,10 @@ impl Metrics {
             "collect_connect_feed_subscriptions",
             "Integrations reading from this process's feed",
         );
+        let feed_live_lag = gauge(
+            "collect_connect_feed_live_lag",
+            "Records between the live consumer's position and the partitions' ends",
+        );
         for c in [
             Box::new(lag.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(state.clone()),
@@ -179,6 +186,7 @@ impl Metrics {
             feed_held_bytes,
             feed_behind,
             feed_subscriptions,
+            feed_live_lag,
         })
     }
 

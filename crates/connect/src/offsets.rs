@@ -48,12 +48,14 @@ pub async fn load(
 
 /// Stores `positions` of `integration`. With `generation`, only while the integration's lease
 /// generation is still that one: `Ok(false)` when another writer took it since (nothing is
-/// written). Never blocks a runtime thread (an async Postgres statement).
+/// written). The integration's row is locked `FOR SHARE` until the statement ends, so a new
+/// writer's [`crate::lease::take`] waits for it, as with [`crate::lease::check`]. Never blocks a runtime thread (an async Postgres statement).
 pub async fn save(
     db: &deadpool_postgres::Pool,
     integration: Uuid,
     generation: Option<i64>,
     positions: &BTreeMap<Tp, i64>,
+    commit: Commit,
 ) -> Result<bool, String> {
     if positions.is_empty() {
         return Ok(true);
@@ -61,20 +63,59 @@ pub async fn save(
     let topics: Vec<&str> = positions.keys().map(|(t, _)| t.as_str()).collect();
     let parts: Vec<i32> = positions.keys().map(|(_, p)| *p).collect();
     let offsets: Vec<i64> = positions.values().copied().collect();
-    let c = db.get().await.map_err(|e| format!("positions: {e}"))?;
-    let n = c
+    let err = |e: tokio_postgres::Error| format!("positions: {e}");
+    let mut c = db.get().await.map_err(|e| format!("positions: {e}"))?;
+    let tx = c.transaction().await.map_err(err)?;
+    if commit == Commit::Asynchronous {
+        tx.batch_execute("SET LOCAL synchronous_commit = off")
+            .await
+            .map_err(err)?;
+    }
+    let n = tx
         .execute(
             "INSERT INTO integration_positions (integration_id, topic, kafka_partition, next_offset) \
              SELECT $1, t, p, o FROM unnest($3::text[], $4::int[], $5::bigint[]) AS u(t, p, o) \
              WHERE EXISTS (SELECT 1 FROM integrations WHERE id = $1 \
-                           AND ($2::bigint IS NULL OR lease_generation = $2)) \
+                           AND ($2::bigint IS NULL OR lease_generation = $2) FOR SHARE) \
              ON CONFLICT (integration_id, topic, kafka_partition) \
              DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()",
             &[&integration, &generation, &topics, &parts, &offsets],
         )
         .await
-        .map_err(|e| format!("positions: {e}"))?;
+        .map_err(err)?;
+    tx.commit().await.map_err(err)?;
     Ok(n as usize == positions.len())
+}
+
+/// How a position is committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// Durable before `save` returns: a position moved back (a rewind, a replay), which a
+    /// crash must not undo.
+    Durable,
+    /// Without waiting for the WAL flush (`synchronous_commit = off`): a position moved
+    /// forward past what is durable at the third party. A Postgres crash can lose the last
+    /// ones; the events after the older position are delivered again, which idempotent sinks
+    /// absorb. Saves a disk flush per batch and per integration.
+    Asynchronous,
+}
+
+/// Whether `integration` was created before positions moved to Postgres (migration 16), so
+/// that its former consumer group may hold committed offsets.
+pub async fn older_than_positions(
+    db: &deadpool_postgres::Pool,
+    integration: &crate::store::Integration,
+) -> Result<bool, String> {
+    let c = db.get().await.map_err(|e| format!("positions: {e}"))?;
+    let applied: Option<chrono::DateTime<chrono::Utc>> = c
+        .query_opt(
+            "SELECT applied_at FROM schema_migrations WHERE version = 16",
+            &[],
+        )
+        .await
+        .map_err(|e| format!("positions: {e}"))?
+        .map(|r| r.get(0));
+    Ok(applied.is_none_or(|at| integration.created_at < at))
 }
 
 /// The committed offsets of the integration's former consumer group (blocking: a Kafka
@@ -231,7 +272,7 @@ impl Positions {
             .into_iter()
             .map(|p| ((p.topic, p.partition), p.low))
             .collect();
-        save(&self.db, self.integration, None, &low).await?;
+        save(&self.db, self.integration, None, &low, Commit::Durable).await?;
         self.read().await
     }
 }

@@ -177,6 +177,10 @@ pub struct IntegrationStore {
     pool: Pool,
 }
 
+/// Active integrations, integrations, and the latest `updated_at` (see
+/// [`IntegrationStore::fingerprint`]).
+pub type Fingerprint = (i64, i64, Option<DateTime<Utc>>);
+
 impl IntegrationStore {
     /// Wraps a pool.
     pub fn new(pool: Pool) -> Self {
@@ -344,6 +348,21 @@ impl IntegrationStore {
             )
             .await?;
         Ok(rows.iter().map(integration).collect())
+    }
+
+    /// What changes whenever an integration is created, replaced, paused, resumed or
+    /// deleted: the number of integrations by status and the latest `updated_at`. The
+    /// supervisor reads the whole table only when it changed (or when it has work to do).
+    pub async fn fingerprint(&self) -> Result<Fingerprint, StoreError> {
+        let c = self.pool.get().await?;
+        let r = c
+            .query_one(
+                "SELECT count(*) FILTER (WHERE status = 'active'), count(*), max(updated_at) \
+                 FROM integrations",
+                &[],
+            )
+            .await?;
+        Ok((r.get(0), r.get(1), r.get(2)))
     }
 
     /// Id, kind and status of every integration not deleted (for the state metric).

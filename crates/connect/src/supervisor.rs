@@ -21,6 +21,17 @@ use crate::kind::Kinds;
 use crate::store::{Integration, IntegrationStore};
 use crate::worker::{Job, Shared, WorkerExit};
 
+/// Wakes the supervisors of this process at once (instead of at their next poll) when the
+/// connect API stored, paused, resumed or deleted an integration: a new integration starts
+/// within the moment, not a poll later. Processes without the API find it at their poll.
+static CHANGED: std::sync::LazyLock<tokio::sync::Notify> =
+    std::sync::LazyLock::new(tokio::sync::Notify::new);
+
+/// Tells this process's supervisors that the integrations table changed.
+pub fn integrations_changed() {
+    CHANGED.notify_one();
+}
+
 /// What a process knows about the integrations it runs (for the API's status).
 #[derive(Debug, Clone, Serialize)]
 pub struct RunInfo {
@@ -121,6 +132,8 @@ pub async fn run(c: Connect, mut stop: watch::Receiver<bool>) -> Result<(), Stri
     let mut workers: HashMap<Uuid, Worker> = HashMap::new();
     let mut backoff: HashMap<Uuid, Instant> = HashMap::new();
     let mut lease: Option<(tokio_postgres::Client, watch::Receiver<bool>)> = None;
+    // The active integrations as last read, and the table's fingerprint then.
+    let mut seen: Option<(crate::store::Fingerprint, Vec<Uuid>)> = None;
     loop {
         if *stop.borrow() {
             break;
@@ -160,6 +173,7 @@ pub async fn run(c: Connect, mut stop: watch::Receiver<bool>) -> Result<(), Stri
             .filter(|(_, w)| w.handle.is_finished())
             .map(|(id, _)| *id)
             .collect();
+        let reaped = done.len();
         for id in done {
             let Some(w) = workers.remove(&id) else {
                 continue;
@@ -196,9 +210,27 @@ pub async fn run(c: Connect, mut stop: watch::Receiver<bool>) -> Result<(), Stri
             }
         }
 
-        // Reconcile with the table.
-        match c.store.active().await {
-            Ok(active) => {
+        // Reconcile with the table: read again only when it changed, something ended here,
+        // or some active integration runs nowhere here (another process may have died).
+        let fingerprint = c.store.fingerprint().await.ok();
+        let idle = reaped == 0
+            && fingerprint.is_some()
+            && seen.as_ref().is_some_and(|(fp, active)| {
+                Some(fp) == fingerprint.as_ref()
+                    && active.len() == workers.len()
+                    && active.iter().all(|id| workers.contains_key(id))
+            });
+        let listed = if idle {
+            Ok(None)
+        } else {
+            c.store.active().await.map(Some)
+        };
+        match listed {
+            Ok(None) => {}
+            Ok(Some(active)) => {
+                if let Some(fp) = fingerprint {
+                    seen = Some((fp, active.iter().map(|i| i.id).collect()));
+                }
                 let wanted: HashMap<Uuid, &Integration> =
                     active.iter().map(|i| (i.id, i)).collect();
                 for (id, w) in &workers {
@@ -208,8 +240,10 @@ pub async fn run(c: Connect, mut stop: watch::Receiver<bool>) -> Result<(), Stri
                     }
                 }
                 if let Some((client, _)) = &lease {
+                    // Locks first (no commit), then every new generation in one statement.
+                    let mut locked: Vec<&Integration> = Vec::new();
                     for integ in &active {
-                        if workers.len() >= c.capacity {
+                        if workers.len() + locked.len() >= c.capacity {
                             break;
                         }
                         if workers.contains_key(&integ.id)
@@ -224,21 +258,31 @@ pub async fn run(c: Connect, mut stop: watch::Receiver<bool>) -> Result<(), Stri
                             Ok(r) => r.get(0),
                             Err(_) => false,
                         };
-                        if !got {
-                            continue;
+                        if got {
+                            locked.push(integ);
                         }
-                        let generation = match crate::lease::take(client, integ.id).await {
-                            Ok(g) => g,
+                    }
+                    let ids: Vec<Uuid> = locked.iter().map(|i| i.id).collect();
+                    let generations: HashMap<Uuid, i64> = if ids.is_empty() {
+                        HashMap::new()
+                    } else {
+                        match crate::lease::take_many(client, &ids).await {
+                            Ok(g) => g.into_iter().collect(),
                             Err(e) => {
-                                tracing::error!(integration = %integ.id, error = %e, "cannot take the lease generation");
-                                let _ = client
-                                    .execute(
-                                        "SELECT pg_advisory_unlock($1)",
-                                        &[&lock_key(integ.id)],
-                                    )
-                                    .await;
-                                continue;
+                                tracing::error!(error = %e, "cannot take the lease generations");
+                                HashMap::new()
                             }
+                        }
+                    };
+                    for integ in locked {
+                        let unlock = || async {
+                            let _ = client
+                                .execute("SELECT pg_advisory_unlock($1)", &[&lock_key(integ.id)])
+                                .await;
+                        };
+                        let Some(generation) = generations.get(&integ.id).copied() else {
+                            unlock().await;
+                            continue;
                         };
                         match c.spawn(integ, generation) {
                             Ok(w) => {
@@ -253,12 +297,7 @@ pub async fn run(c: Connect, mut stop: watch::Receiver<bool>) -> Result<(), Stri
                                 workers.insert(integ.id, w);
                             }
                             Err(e) => {
-                                let _ = client
-                                    .execute(
-                                        "SELECT pg_advisory_unlock($1)",
-                                        &[&lock_key(integ.id)],
-                                    )
-                                    .await;
+                                unlock().await;
                                 tracing::error!(integration = %integ.id, error = e, "cannot start the integration; pausing it");
                                 let _ = c.store.set_status(integ.id, "paused", Some(&e)).await;
                             }
@@ -269,10 +308,13 @@ pub async fn run(c: Connect, mut stop: watch::Receiver<bool>) -> Result<(), Stri
             Err(e) => tracing::error!(error = %e, "cannot list integrations"),
         }
 
-        export_states(&c).await;
+        if !idle {
+            export_states(&c).await;
+        }
 
         tokio::select! {
             _ = tokio::time::sleep(c.poll) => {}
+            _ = CHANGED.notified() => {}
             _ = stop.changed() => {}
         }
     }

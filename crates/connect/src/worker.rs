@@ -237,7 +237,15 @@ async fn rewind<S: Sink>(
     let marks = job.shared.feed.watermarks(tps).await?;
     let low: BTreeMap<Tp, i64> = tps.iter().cloned().zip(marks.iter().map(|m| m.0)).collect();
     let id = job.integration.id;
-    if !offsets::save(&job.shared.db, id, Some(job.lease_generation), &low).await? {
+    if !offsets::save(
+        &job.shared.db,
+        id,
+        Some(job.lease_generation),
+        &low,
+        offsets::Commit::Durable,
+    )
+    .await?
+    {
         return Err(lease_lost(&id.to_string()));
     }
     sink.rewound(ctx).await.map_err(|e| e.to_string())?;
@@ -256,7 +264,7 @@ async fn starts(job: &Job, tps: &[Tp]) -> Result<BTreeMap<Tp, i64>, String> {
     let stored = offsets::load(&shared.db, id).await?;
     let missing = tps.iter().any(|tp| !stored.contains_key(tp));
     let mut imported = HashMap::new();
-    if missing {
+    if missing && offsets::older_than_positions(&shared.db, &job.integration).await? {
         let (brokers, options, t) = (
             shared.settings.brokers.clone(),
             shared.settings.consumer_options.clone(),
@@ -266,7 +274,9 @@ async fn starts(job: &Job, tps: &[Tp]) -> Result<BTreeMap<Tp, i64>, String> {
             .await
         {
             Ok(Ok(found)) => imported = found,
-            Ok(Err(e)) => return Err(format!("committed offsets of the former group: {e}")),
+            Ok(Err(e)) => {
+                tracing::warn!(integration = %id, error = e, "cannot read the committed offsets of the integration's former consumer group; starting without them");
+            }
             Err(e) => return Err(format!("blocking task: {e}")),
         }
     }
@@ -289,7 +299,16 @@ async fn starts(job: &Job, tps: &[Tp]) -> Result<BTreeMap<Tp, i64>, String> {
         }
         out.insert(tp.clone(), at.max(low));
     }
-    if missing && !offsets::save(&shared.db, id, Some(job.lease_generation), &out).await? {
+    if missing
+        && !offsets::save(
+            &shared.db,
+            id,
+            Some(job.lease_generation),
+            &out,
+            offsets::Commit::Durable,
+        )
+        .await?
+    {
         return Err(lease_lost(&id.to_string()));
     }
     Ok(out)
@@ -363,8 +382,10 @@ async fn work<S: Sink>(
     };
     let max_events = max_events.clamp(1, settings.batch_ceiling_events.max(1));
     let max_bytes = max_bytes.clamp(1, settings.batch_ceiling_bytes.max(1));
-    // Room for a full batch and as much again waiting, within a quarter of the budget.
-    let cap = (2 * max_bytes + 1024 * max_events).min(settings.memory_budget_bytes / 4);
+    // Room for a full batch and as much again waiting (in the budget's units: a record costs
+    // about twice its size plus 512 bytes), within a 32nd of the budget, so that a few
+    // integrations stuck in retries cannot spend it all.
+    let cap = (2 * (2 * max_bytes + 512 * max_events)).min(settings.memory_budget_bytes / 32);
     let from: Vec<(Tp, i64)> = starts.iter().map(|(k, v)| (k.clone(), *v)).collect();
     let mut sub: Subscription = job.shared.feed.subscribe(&form_id, &from, cap).await?;
     let start = integ.start_at.map(|t| t.timestamp_micros());
@@ -542,6 +563,7 @@ async fn work<S: Sink>(
                 integ.id,
                 Some(job.lease_generation),
                 &read_to,
+                offsets::Commit::Asynchronous,
             )
             .await?
             {

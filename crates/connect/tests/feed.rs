@@ -1,4 +1,4 @@
-//! The process's shared reading of the event topics (crates/connect/src/feed.rs) against the
+//! The process's shared reading of the event topics (crates/connect/src/feed/) against the
 //! real broker, registry and Postgres: many integrations of several forms on one partition,
 //! one of them slow, a memory budget far smaller than the backlog.
 
@@ -198,4 +198,71 @@ async fn an_integration_restarts_from_its_own_stored_position() {
     assert_eq!(delivered(&env, &i) - before, second.len() as u64);
     assert!(rows(&i).values().all(|n| *n == 1));
     assert_eq!(w.stop().await, WorkerExit::Stopped);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_integration_from_before_positions_starts_where_its_consumer_group_was() {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    logs();
+    let env = Env::new().await.unwrap();
+    let config = json!({"store": uuid::Uuid::new_v4().to_string()});
+    let mut i = env.integration("memory", config).await.unwrap();
+    let old: Vec<String> = (0..20).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    env.produce(
+        &old.iter()
+            .map(|id| env.response(id, 1, "before the upgrade"))
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap();
+    // A worker of the former version committed these to the integration's own group.
+    let topic = env.shared.settings.responses_topic.clone();
+    let partition = collect_events::partition_for(
+        &env.form.to_string(),
+        collect_connect::conformance::env::PARTITIONS,
+    );
+    let group: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &env.brokers)
+        .set("group.id", collect_connect::offsets::group_of(i.id))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, partition, rdkafka::Offset::Offset(old.len() as i64))
+        .unwrap();
+    group.commit(&tpl, CommitMode::Sync).unwrap();
+    drop(group);
+    // The integration is older than the positions table.
+    i.created_at = chrono::DateTime::from_timestamp(1_600_000_000, 0).unwrap();
+
+    let new: Vec<String> = (0..10).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    env.produce(
+        &new.iter()
+            .map(|id| env.response(id, 1, "after"))
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap();
+    let w = env.start(MemorySink::new(&store_of(&i)), "memory", &i);
+    until("the responses after the group's offset", 60, || {
+        rows(&i).len() == new.len()
+    })
+    .await;
+    let r = rows(&i);
+    assert!(new.iter().all(|id| r.contains_key(id)));
+    assert!(
+        old.iter().all(|id| !r.contains_key(id)),
+        "read again what the group had committed"
+    );
+    assert_eq!(w.stop().await, WorkerExit::Stopped);
+    let c = env.pool.get().await.unwrap();
+    let stored: i64 = c
+        .query_one(
+            "SELECT next_offset FROM integration_positions WHERE integration_id = $1 AND topic = $2",
+            &[&i.id, &topic],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, (old.len() + new.len()) as i64);
 }

@@ -1,9 +1,12 @@
-//! The catch-up consumers: each serves the integrations behind the live consumer, one chunk
-//! of one integration's partition at a time, in turn, until each reaches the head and joins
-//! the live consumer (under the state lock, at the head: no gap, no repeat).
+//! The catch-up consumers. Each takes, in turn, a partition with integrations behind the
+//! live consumer and reads one chunk of it from the lowest position among them, handing
+//! each record to every one of them whose position it is (so a hundred integrations behind
+//! on one partition cost one reading, not a hundred). An integration joins the live
+//! consumer when its position reaches the head, under the state lock: no gap, no repeat.
+//! One consumer serves a partition at a time.
 
+use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -11,25 +14,25 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{Inner, Raw, State, Sub, Tp, form_of, permits};
+use super::{FeedContext, Inner, Raw, State, Tp, form_of};
 
-/// Bytes a catch-up consumer reads for one integration before it serves the next.
-const CHUNK_BYTES: usize = 1024 * 1024;
-/// Longest a catch-up consumer waits for a record of the chunk it reads.
+/// Budget bytes a catch-up consumer hands out from one partition before it serves the next.
+const CHUNK_BYTES: usize = 4 * 1024 * 1024;
+/// Longest a catch-up consumer waits for the next record of a chunk.
 const CHUNK_WAIT: Duration = Duration::from_secs(2);
 
-/// What a catch-up consumer did with one integration's partition.
-enum Chunk {
-    /// Reached the head: the integration is live again.
-    Joined,
-    /// Read a chunk (or ran out of room or time): the integration waits its next turn.
-    Again,
-    /// The integration is gone.
-    Gone,
+/// What a turn on a partition did.
+#[derive(PartialEq, Eq)]
+enum Turn {
+    /// Handed out records or let integrations join.
+    Progress,
+    /// Every integration behind had no room (their workers hold their share) or the budget
+    /// was spent: nothing read.
+    NoRoom,
 }
 
-/// A catch-up consumer: serves integrations behind the head, one chunk each in turn.
-pub(super) async fn catch_up(inner: Arc<Inner>, consumer: StreamConsumer) {
+/// A catch-up consumer: serves the queued partitions one chunk each, in turn.
+pub(super) async fn catch_up(inner: Arc<Inner>, consumer: StreamConsumer<FeedContext>) {
     let mut stop = inner.stop.clone();
     let mut idle_turns = 0usize;
     loop {
@@ -39,20 +42,22 @@ pub(super) async fn catch_up(inner: Arc<Inner>, consumer: StreamConsumer) {
         let job = {
             let mut s = inner.state();
             let mut job = None;
-            while let Some((id, tp)) = s.behind.pop_front() {
-                let ok = s
-                    .subs
-                    .get(&id)
-                    .and_then(|sub| sub.parts.get(&tp))
-                    .is_some_and(|sp| sp.queued && !sp.live);
-                if ok {
-                    job = Some((id, tp, s.behind.len()));
+            while let Some(tp) = s.behind.pop_front() {
+                let waiting = s.behind.len();
+                let Some(p) = s.parts.get_mut(&tp) else {
+                    continue;
+                };
+                p.queued = false;
+                // Another consumer has it; it queues it again when done if still needed.
+                if !p.serving {
+                    p.serving = true;
+                    job = Some((tp, waiting));
                     break;
                 }
             }
             job
         };
-        let Some((id, tp, waiting)) = job else {
+        let Some((tp, waiting)) = job else {
             tokio::select! {
                 _ = stop.changed() => return,
                 _ = inner.wake.notified() => {}
@@ -60,67 +65,94 @@ pub(super) async fn catch_up(inner: Arc<Inner>, consumer: StreamConsumer) {
             }
             continue;
         };
-        let full = inner.state().subs.get(&id).is_some_and(Sub::full);
-        if full {
-            // Its worker still holds its share: serve the others first.
-            requeue(&inner, id, &tp);
+        let turn = serve(&inner, &consumer, &tp).await;
+        let again = {
+            let mut s = inner.state();
+            if let Some(p) = s.parts.get_mut(&tp) {
+                p.serving = false;
+            }
+            let behind = behind_on(&s, &tp);
+            behind && s.mark_behind(&tp)
+        };
+        if again {
+            inner.wake.notify_one();
+        }
+        if turn == Turn::NoRoom {
+            // When a whole round found no room, wait for workers to give some back.
             idle_turns += 1;
             if idle_turns > waiting {
                 idle_turns = 0;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            continue;
-        }
-        idle_turns = 0;
-        match read_chunk(&inner, &consumer, id, &tp).await {
-            Chunk::Joined | Chunk::Gone => {}
-            Chunk::Again => requeue(&inner, id, &tp),
+        } else {
+            idle_turns = 0;
         }
     }
 }
 
-fn requeue(inner: &Inner, id: u64, tp: &Tp) {
-    let mut s = inner.state();
-    let still = s
-        .subs
-        .get(&id)
-        .and_then(|sub| sub.parts.get(tp))
-        .is_some_and(|sp| sp.queued && !sp.live);
-    if still {
-        s.behind.push_back((id, tp.clone()));
-    }
+/// Whether an integration on `tp` is behind the live consumer.
+fn behind_on(s: &State, tp: &Tp) -> bool {
+    s.parts.get(tp).is_some_and(|p| {
+        p.subs.iter().any(|id| {
+            s.subs
+                .get(id)
+                .and_then(|sub| sub.parts.get(tp))
+                .is_some_and(|sp| !sp.live)
+        })
+    })
 }
 
-/// Joins the live consumer when `next` reached the head. Under the state lock.
-fn join_if_at_head(s: &mut State, id: u64, tp: &Tp) -> bool {
-    let head = s.parts.get(tp).map(|p| p.head);
-    let Some(sp) = s.subs.get_mut(&id).and_then(|sub| sub.parts.get_mut(tp)) else {
-        return false;
+/// Lets the integrations of `members` whose position reached the head join the live
+/// consumer; returns them. Under the state lock.
+fn join_at_head(s: &mut State, tp: &Tp, members: &HashSet<u64>) -> Vec<u64> {
+    let Some(head) = s.parts.get(tp).map(|p| p.head) else {
+        return Vec::new();
     };
-    match head {
-        Some(head) if sp.next >= head => {
+    let mut joined = Vec::new();
+    for id in members {
+        if let Some(sp) = s.subs.get_mut(id).and_then(|sub| sub.parts.get_mut(tp))
+            && sp.next >= head
+        {
             sp.live = true;
-            sp.queued = false;
-            true
+            joined.push(*id);
         }
-        _ => false,
     }
+    joined
 }
 
-async fn read_chunk(inner: &Arc<Inner>, consumer: &StreamConsumer, id: u64, tp: &Tp) -> Chunk {
-    let (form, start) = {
+/// One chunk of `tp` for the integrations behind on it.
+async fn serve(inner: &Arc<Inner>, consumer: &StreamConsumer<FeedContext>, tp: &Tp) -> Turn {
+    // Who takes part: integrations behind with room; those at the head join at once.
+    let (mut members, start, joined) = {
         let mut s = inner.state();
-        if join_if_at_head(&mut s, id, tp) {
-            return Chunk::Joined;
-        }
-        match s
-            .subs
-            .get(&id)
-            .and_then(|sub| Some((sub.form.clone(), sub.parts.get(tp)?.next)))
-        {
-            Some(x) => x,
-            None => return Chunk::Gone,
-        }
+        let all: HashSet<u64> = s
+            .parts
+            .get(tp)
+            .map(|p| p.subs.iter().copied().collect())
+            .unwrap_or_default();
+        let behind: HashSet<u64> = all
+            .into_iter()
+            .filter(|id| {
+                s.subs
+                    .get(id)
+                    .and_then(|sub| sub.parts.get(tp))
+                    .is_some_and(|sp| !sp.live)
+            })
+            .collect();
+        let joined = join_at_head(&mut s, tp, &behind);
+        let members: HashSet<u64> = behind
+            .into_iter()
+            .filter(|id| !joined.contains(id))
+            .filter(|id| s.subs.get(id).is_some_and(|sub| !sub.full()))
+            .collect();
+        let start = members
+            .iter()
+            .filter_map(|id| s.subs.get(id)?.parts.get(tp).map(|sp| sp.next))
+            .min();
+        (members, start, !joined.is_empty())
+    };
+    let Some(start) = start else {
+        return if joined { Turn::Progress } else { Turn::NoRoom };
     };
     let mut tpl = TopicPartitionList::new();
     if tpl
@@ -129,98 +161,137 @@ async fn read_chunk(inner: &Arc<Inner>, consumer: &StreamConsumer, id: u64, tp: 
         .is_err()
     {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        return Chunk::Again;
+        return Turn::Progress;
     }
     let mut stop = inner.stop.clone();
-    let mut read = 0usize;
-    let deadline = Instant::now() + CHUNK_WAIT;
+    let mut handed = 0usize;
+    let mut deadline = Instant::now() + CHUNK_WAIT;
+    // Records before `expect` are of an earlier assignment (librdkafka discards those
+    // fetched before a new assign; this is a second guard).
     let mut expect = start;
+    let mut progress = joined;
     loop {
         let wait = deadline.saturating_duration_since(Instant::now());
         let msg = tokio::select! {
-            _ = stop.changed() => return Chunk::Gone,
+            _ = stop.changed() => return Turn::Progress,
             r = tokio::time::timeout(wait, consumer.recv()) => r,
         };
         let msg = match msg {
-            // Out of time or at the end: join if nothing is left between here and the head.
-            Err(_) | Ok(Err(KafkaError::PartitionEOF(_))) => {
+            Ok(Ok(m)) => m,
+            Ok(Err(KafkaError::PartitionEOF(_))) => {
+                // At the end: nothing lies between the members' positions and the end any
+                // more (retention may have removed records never read).
+                let end = consumer
+                    .position()
+                    .ok()
+                    .and_then(|tpl| tpl.find_partition(&tp.0, tp.1)?.offset().to_raw());
                 let mut s = inner.state();
-                return if join_if_at_head(&mut s, id, tp) {
-                    Chunk::Joined
-                } else if s.subs.contains_key(&id) {
-                    Chunk::Again
+                if let Some(end) = end.filter(|e| *e >= 0) {
+                    for id in &members {
+                        if let Some(sp) = s.subs.get_mut(id).and_then(|sub| sub.parts.get_mut(tp)) {
+                            sp.next = sp.next.max(end);
+                        }
+                    }
+                }
+                join_at_head(&mut s, tp, &members);
+                return Turn::Progress;
+            }
+            Err(_) => {
+                let mut s = inner.state();
+                progress |= !join_at_head(&mut s, tp, &members).is_empty();
+                return if progress {
+                    Turn::Progress
                 } else {
-                    Chunk::Gone
+                    Turn::NoRoom
                 };
             }
             Ok(Err(e)) => {
                 tracing::warn!(topic = tp.0, partition = tp.1, error = %e, "catch-up consumer");
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                return Chunk::Again;
+                return Turn::Progress;
             }
-            Ok(Ok(m)) => m,
         };
-        // A record of an earlier assignment still in the queue.
         if msg.topic() != tp.0 || msg.partition() != tp.1 || msg.offset() < expect {
             continue;
         }
-        let offset = msg.offset();
-        expect = offset + 1;
-        {
-            let mut s = inner.state();
-            // Past a gap (compaction, control records), the position follows.
-            if let Some(sp) = s.subs.get_mut(&id).and_then(|sub| sub.parts.get_mut(tp)) {
-                sp.next = sp.next.max(offset);
-            }
-            if join_if_at_head(&mut s, id, tp) {
-                return Chunk::Joined;
-            }
-            if !s.subs.contains_key(&id) {
-                return Chunk::Gone;
-            }
-        }
+        deadline = Instant::now() + CHUNK_WAIT;
         let raw = Raw::of(&msg);
         drop(msg);
-        let Some(event) = inner.decode(&tp.0, &raw.value).await else {
-            return Chunk::Gone;
-        };
-        if let Ok(e) = &event
-            && form_of(e) != form
+        let offset = raw.offset;
+        expect = offset + 1;
         {
+            // Reached the live consumer: every member that handled everything before this
+            // record joins it, and the live consumer hands this record out.
             let mut s = inner.state();
-            if let Some(sp) = s.subs.get_mut(&id).and_then(|sub| sub.parts.get_mut(tp)) {
-                sp.next = offset + 1;
+            members.retain(|id| s.subs.contains_key(id));
+            if s.parts.get(tp).is_some_and(|p| offset >= p.head) {
+                for id in &members {
+                    if let Some(sp) = s.subs.get_mut(id).and_then(|sub| sub.parts.get_mut(tp)) {
+                        sp.next = sp.next.max(offset);
+                    }
+                }
+                join_at_head(&mut s, tp, &members);
+                return Turn::Progress;
             }
-            continue;
+            if members.is_empty() {
+                return Turn::Progress;
+            }
         }
+        let Some(event) = inner.decode(&tp.0, &raw.value).await else {
+            return Turn::Progress;
+        };
         let c = raw.cost();
-        let permit = tokio::select! {
-            _ = stop.changed() => return Chunk::Gone,
-            p = inner.budget.clone().acquire_many_owned(permits(c, inner.budget_bytes)) => match p {
-                Ok(p) => p,
-                Err(_) => return Chunk::Gone,
-            },
-        };
         let mut s = inner.state();
-        if join_if_at_head(&mut s, id, tp) {
-            // The live consumer got there first: it hands this record out.
-            return Chunk::Joined;
+        let mut stalled = Vec::new();
+        for id in &members {
+            let Some(sub) = s.subs.get_mut(id) else {
+                stalled.push(*id);
+                continue;
+            };
+            let Some(sp) = sub.parts.get(tp) else {
+                continue;
+            };
+            if sp.next > offset {
+                continue;
+            }
+            let mine = match &event {
+                Ok(e) => form_of(e) == sub.form,
+                Err(_) => true,
+            };
+            let sent = !mine
+                || sub.try_send(
+                    &inner.budget,
+                    inner.budget_bytes,
+                    |held| raw.fed(tp, event.clone(), held),
+                    c,
+                );
+            let Some(sp) = sub.parts.get_mut(tp) else {
+                continue;
+            };
+            if sent {
+                // Past this record (handed out, or another form's).
+                sp.next = offset + 1;
+                progress |= mine;
+            } else {
+                // No room: it waits at this record for its next turn.
+                sp.next = sp.next.max(offset);
+                stalled.push(*id);
+            }
         }
-        let Some(sub) = s.subs.get_mut(&id) else {
-            return Chunk::Gone;
-        };
-        let held = sub.counts.held.load(Ordering::Acquire);
-        if held > 0 && held + c > sub.cap {
-            // Its share is full: this record is read again on its next turn.
-            return Chunk::Again;
+        drop(s);
+        for id in stalled {
+            members.remove(&id);
         }
-        sub.send(permit, |held| raw.fed(tp, event, held), c);
-        if let Some(sp) = sub.parts.get_mut(tp) {
-            sp.next = offset + 1;
+        if members.is_empty() {
+            return if progress {
+                Turn::Progress
+            } else {
+                Turn::NoRoom
+            };
         }
-        read += c;
-        if read >= CHUNK_BYTES {
-            return Chunk::Again;
+        handed += c;
+        if handed >= CHUNK_BYTES {
+            return Turn::Progress;
         }
     }
 }

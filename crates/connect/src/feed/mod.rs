@@ -28,9 +28,11 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
@@ -131,8 +133,6 @@ struct SubPart {
     next: i64,
     /// Served by the live consumer.
     live: bool,
-    /// Waiting in the catch-up queue.
-    queued: bool,
 }
 
 struct Sub {
@@ -178,8 +178,10 @@ impl Sub {
         }
     }
 
+    /// Whether the integration holds more than half its share: a catch-up consumer serves
+    /// it again once its worker gave some back.
     fn full(&self) -> bool {
-        self.counts.held.load(Ordering::Acquire) >= self.cap
+        self.counts.held.load(Ordering::Acquire) > self.cap / 2
     }
 }
 
@@ -192,7 +194,13 @@ fn permits(cost: usize, total: usize) -> u32 {
 struct Part {
     /// The next offset the live consumer hands out.
     head: i64,
+    /// The partition's end (high watermark) when last asked, for the lag.
+    high: i64,
     subs: Vec<u64>,
+    /// In the catch-up queue.
+    queued: bool,
+    /// Being read by a catch-up consumer.
+    serving: bool,
 }
 
 #[derive(Default)]
@@ -200,11 +208,24 @@ struct State {
     parts: HashMap<Tp, Part>,
     subs: HashMap<u64, Sub>,
     next_id: u64,
-    /// Integrations' partitions behind the head, served round robin.
-    behind: VecDeque<(u64, Tp)>,
+    /// Partitions with integrations behind the head, served round robin.
+    behind: VecDeque<Tp>,
 }
 
 impl State {
+    /// Queues `tp` for a catch-up consumer unless it is queued already; true when queued
+    /// now (wake a consumer).
+    fn mark_behind(&mut self, tp: &Tp) -> bool {
+        match self.parts.get_mut(tp) {
+            Some(p) if !p.queued => {
+                p.queued = true;
+                self.behind.push_back(tp.clone());
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Whether a live integration waits for record `offset` of `tp`.
     fn wants(&self, tp: &Tp, offset: i64) -> bool {
         self.parts.get(tp).is_some_and(|p| {
@@ -222,7 +243,13 @@ struct Inner {
     settings: Arc<Settings>,
     decoder: Arc<Decoder>,
     metrics: Arc<Metrics>,
-    live: Arc<StreamConsumer>,
+    live: Arc<StreamConsumer<FeedContext>>,
+    /// Metadata and watermark requests, on a client of their own: on the live consumer's
+    /// connection they would wait behind its long-polling fetches (Kafka answers a
+    /// connection's requests in order).
+    meta: Arc<BaseConsumer<FeedContext>>,
+    /// Partition counts by topic, with when they were asked (kept a minute).
+    counts: Mutex<HashMap<String, (i32, Instant)>>,
     budget: Arc<Semaphore>,
     budget_bytes: usize,
     state: Mutex<State>,
@@ -286,12 +313,38 @@ impl Drop for StopOnDrop {
     }
 }
 
+/// The feed's consumers' context: librdkafka's errors are logged as rdkafka's default
+/// context does, except the end-of-partition events the catch-up consumers ask for.
+pub(crate) struct FeedContext;
+
+impl ClientContext for FeedContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() != Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF) {
+            tracing::error!(error = %error, reason, "librdkafka");
+        }
+    }
+}
+
+impl ConsumerContext for FeedContext {}
+
 fn consumer(
     settings: &Settings,
     queued_kbytes: usize,
     eof: bool,
-) -> Result<StreamConsumer, String> {
+) -> Result<StreamConsumer<FeedContext>, String> {
+    client_config(settings, queued_kbytes, eof)
+        .create_with_context(FeedContext)
+        .map_err(|e| e.to_string())
+}
+
+fn client_config(settings: &Settings, queued_kbytes: usize, eof: bool) -> ClientConfig {
     let mut config = ClientConfig::new();
+    // The operator's settings (TLS, SASL, ...) first: the feed's own come after and win, as
+    // its correctness depends on them (no reset to the end, no commits, end-of-partition
+    // events).
+    for (k, v) in &settings.consumer_options {
+        config.set(k, v);
+    }
     config
         .set("bootstrap.servers", &settings.brokers)
         // Never joined nor committed: partitions are assigned by hand and positions are kept
@@ -307,10 +360,7 @@ fn consumer(
         .set("queued.max.messages.kbytes", queued_kbytes.to_string())
         .set("fetch.max.bytes", "4194304")
         .set("fetch.wait.max.ms", if eof { "100" } else { "500" });
-    for (k, v) in &settings.consumer_options {
-        config.set(k, v);
-    }
-    config.create().map_err(|e| e.to_string())
+    config
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
@@ -336,6 +386,12 @@ impl Feed {
             decoder,
             metrics,
             live,
+            meta: Arc::new(
+                client_config(&settings, 1024, false)
+                    .create_with_context(FeedContext)
+                    .map_err(|e| e.to_string())?,
+            ),
+            counts: Mutex::default(),
             state: Mutex::default(),
             adding: tokio::sync::Mutex::new(()),
             wake: Notify::new(),
@@ -356,8 +412,27 @@ impl Feed {
     /// The number of partitions of each of `topics` (blocking metadata requests, off the
     /// runtime's threads).
     pub async fn partition_counts(&self, topics: &[String]) -> Result<Vec<i32>, String> {
-        let (c, t) = (self.inner.live.clone(), topics.to_vec());
-        blocking(move || {
+        let cached: Option<Vec<i32>> = {
+            let counts = self
+                .inner
+                .counts
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            topics
+                .iter()
+                .map(|t| {
+                    counts
+                        .get(t)
+                        .filter(|(_, at)| at.elapsed() < Duration::from_secs(60))
+                        .map(|(n, _)| *n)
+                })
+                .collect()
+        };
+        if let Some(c) = cached {
+            return Ok(c);
+        }
+        let (c, t) = (self.inner.meta.clone(), topics.to_vec());
+        let found: Vec<i32> = blocking(move || {
             t.iter()
                 .map(|topic| {
                     let meta = c
@@ -369,15 +444,24 @@ impl Feed {
                         .filter(|n| *n > 0)
                         .ok_or_else(|| format!("topic {topic} has no partitions"))
                 })
-                .collect()
+                .collect::<Result<Vec<i32>, String>>()
         })
-        .await?
+        .await??;
+        let mut counts = self
+            .inner
+            .counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (t, n) in topics.iter().zip(&found) {
+            counts.insert(t.clone(), (*n, Instant::now()));
+        }
+        Ok(found)
     }
 
     /// `(low, high)` watermarks of each partition: the oldest offset the topic holds and
     /// the offset after the last record.
     pub async fn watermarks(&self, tps: &[Tp]) -> Result<Vec<(i64, i64)>, String> {
-        let (c, tps) = (self.inner.live.clone(), tps.to_vec());
+        let (c, tps) = (self.inner.meta.clone(), tps.to_vec());
         blocking(move || {
             tps.iter()
                 .map(|(t, p)| {
@@ -420,7 +504,10 @@ impl Feed {
                         (t.clone(), *p),
                         Part {
                             head: *high,
+                            high: *high,
                             subs: Vec::new(),
+                            queued: false,
+                            serving: false,
                         },
                     );
                 }
@@ -444,20 +531,12 @@ impl Feed {
         for (tp, start) in starts {
             let head = s.parts.get(tp).map_or(*start, |p| p.head);
             let live = *start >= head;
-            parts.insert(
-                tp.clone(),
-                SubPart {
-                    next: *start,
-                    live,
-                    queued: !live,
-                },
-            );
-            if !live {
-                s.behind.push_back((id, tp.clone()));
-                behind = true;
-            }
+            parts.insert(tp.clone(), SubPart { next: *start, live });
             if let Some(p) = s.parts.get_mut(tp) {
                 p.subs.push(id);
+            }
+            if !live {
+                behind |= s.mark_behind(tp);
             }
         }
         s.subs.insert(
@@ -470,6 +549,7 @@ impl Feed {
                 parts,
             },
         );
+        inner.metrics.feed_subscriptions.set(s.subs.len() as i64);
         drop(s);
         if behind {
             inner.wake.notify_one();
@@ -528,7 +608,7 @@ impl Subscription {
         let s = self.inner.state();
         positions
             .iter()
-            .map(|(tp, at)| (s.parts.get(tp).map_or(*at, |p| p.head) - at).max(0))
+            .map(|(tp, at)| (s.parts.get(tp).map_or(*at, |p| p.head.max(p.high)) - at).max(0))
             .sum()
     }
 
@@ -551,6 +631,10 @@ impl Drop for Subscription {
                 }
             }
         }
+        self.inner
+            .metrics
+            .feed_subscriptions
+            .set(s.subs.len() as i64);
     }
 }
 
@@ -590,16 +674,11 @@ async fn dispatch(inner: Arc<Inner>) {
             if event.is_none() && s.wants(&tp, offset) {
                 continue;
             }
-            let State {
-                parts,
-                subs,
-                behind,
-                ..
-            } = &mut *s;
+            let State { parts, subs, .. } = &mut *s;
             let Some(part) = parts.get_mut(&tp) else {
                 break;
             };
-            let mut woke = false;
+            let mut detached = false;
             if let Some(ev) = &event {
                 for id in &part.subs {
                     let Some(sub) = subs.get_mut(id) else {
@@ -624,20 +703,18 @@ async fn dispatch(inner: Arc<Inner>) {
                     if sent {
                         sp.next = offset + 1;
                     } else {
-                        // No room: this integration catches up from its own position later,
-                        // the others go on.
+                        // No room: this integration catches up from here later (everything
+                        // before this record was handed to it or was not its form's), the
+                        // others go on.
+                        sp.next = offset;
                         sp.live = false;
-                        if !sp.queued {
-                            sp.queued = true;
-                            behind.push_back((*id, tp.clone()));
-                            woke = true;
-                        }
+                        detached = true;
                     }
                 }
             }
             part.head = part.head.max(offset + 1);
-            drop(s);
-            if woke {
+            if detached && s.mark_behind(&tp) {
+                drop(s);
                 inner.wake.notify_one();
             }
             break;
@@ -665,14 +742,37 @@ async fn gauges(inner: Arc<Inner>) {
                 .filter(|p| !p.live)
                 .count();
             inner.metrics.feed_behind.set(behind as i64);
-            inner.metrics.feed_subscriptions.set(s.subs.len() as i64);
         }
         inner.metrics.feed_held_bytes.set(
             (inner.budget_bytes - inner.budget.available_permits().min(inner.budget_bytes)) as i64,
         );
+        // The partitions' ends, so that lag counts what the live consumer has not read yet.
+        let tps: Vec<Tp> = inner.state().parts.keys().cloned().collect();
+        let meta = inner.meta.clone();
+        let highs = tokio::task::spawn_blocking(move || {
+            tps.into_iter()
+                .filter_map(|(t, p)| {
+                    let (_, high) = meta.fetch_watermarks(&t, p, Duration::from_secs(5)).ok()?;
+                    Some(((t, p), high))
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        {
+            let mut s = inner.state();
+            let mut behind_live = 0;
+            for (tp, high) in highs {
+                if let Some(p) = s.parts.get_mut(&tp) {
+                    p.high = high;
+                    behind_live += (high - p.head).max(0);
+                }
+            }
+            inner.metrics.feed_live_lag.set(behind_live);
+        }
         tokio::select! {
             _ = stop.changed() => return,
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
     }
 }
