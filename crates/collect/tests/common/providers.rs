@@ -177,8 +177,14 @@ impl Google {
 }
 
 pub fn connector(e: &Env, brokers: &str) -> Proc {
+    connector_with(e, brokers, &[])
+}
+
+/// A connector with extra environment variables (`COLLECT_CONNECT_CAPACITY`, ...).
+pub fn connector_with(e: &Env, brokers: &str, extra: &[(&str, &str)]) -> Proc {
     let mut vars = e.process_env(brokers);
     vars.push(("COLLECT_SECRET_KEY".into(), SECRET.into()));
+    vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     Proc::start(
         &["connect", "--poll-ms", "300", "--batch-max-wait-ms", "200"],
         &vars,
@@ -204,15 +210,28 @@ pub fn load_with(
     gap: Duration,
     answers: impl Fn(usize) -> Value + Send + 'static,
 ) -> tokio::task::JoinHandle<Vec<String>> {
-    let (api, key, form) = (e.api.clone(), e.key.clone(), e.form_id().to_string());
+    let form = e.form_id().to_string();
+    load_to(e, n, gap, move |i| (form.clone(), answers(i)))
+}
+
+/// Submits `n` responses, the `i`th to form and answers `to(i)`, one every `gap`; their ids
+/// in order.
+pub fn load_to(
+    e: &Env,
+    n: usize,
+    gap: Duration,
+    to: impl Fn(usize) -> (String, Value) + Send + 'static,
+) -> tokio::task::JoinHandle<Vec<String>> {
+    let (api, key) = (e.api.clone(), e.key.clone());
     tokio::spawn(async move {
         let http = reqwest::Client::new();
         let mut ids = Vec::new();
         for i in 0..n {
+            let (form, answers) = to(i);
             let r: Value = http
                 .post(format!("{api}/v1/forms/{form}/responses"))
                 .bearer_auth(&key)
-                .json(&json!({"answers": answers(i)}))
+                .json(&json!({"answers": answers}))
                 .send()
                 .await
                 .unwrap()
