@@ -177,9 +177,8 @@ pub struct IntegrationStore {
     pool: Pool,
 }
 
-/// Active integrations, integrations, and the latest `updated_at` (see
-/// [`IntegrationStore::fingerprint`]).
-pub type Fingerprint = (i64, i64, Option<DateTime<Utc>>);
+/// Integrations, and the XOR of their rows' hashes (see [`IntegrationStore::fingerprint`]).
+pub type Fingerprint = (i64, i64);
 
 impl IntegrationStore {
     /// Wraps a pool.
@@ -351,18 +350,21 @@ impl IntegrationStore {
     }
 
     /// What changes whenever an integration is created, replaced, paused, resumed or
-    /// deleted: the number of integrations by status and the latest `updated_at`. The
-    /// supervisor reads the whole table only when it changed (or when it has work to do).
+    /// deleted: the number of integrations and the XOR of a hash of each one's id, status
+    /// and `updated_at` (not their latest `updated_at`: `now()` is a transaction's start, so
+    /// a change that commits after a newer one would not move the latest). The supervisor
+    /// reads the whole table only when it changed (or when it has work to do).
     pub async fn fingerprint(&self) -> Result<Fingerprint, StoreError> {
         let c = self.pool.get().await?;
         let r = c
             .query_one(
-                "SELECT count(*) FILTER (WHERE status = 'active'), count(*), max(updated_at) \
+                "SELECT count(*), coalesce(bit_xor(hashtextextended(\
+                 id::text || ':' || status || ':' || updated_at::text, 0)), 0) \
                  FROM integrations",
                 &[],
             )
             .await?;
-        Ok((r.get(0), r.get(1), r.get(2)))
+        Ok((r.get(0), r.get(1)))
     }
 
     /// Id, kind and status of every integration not deleted (for the state metric).

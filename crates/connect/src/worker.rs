@@ -274,9 +274,9 @@ async fn starts(job: &Job, tps: &[Tp]) -> Result<BTreeMap<Tp, i64>, String> {
             .await
         {
             Ok(Ok(found)) => imported = found,
-            Ok(Err(e)) => {
-                tracing::warn!(integration = %id, error = e, "cannot read the committed offsets of the integration's former consumer group; starting without them");
-            }
+            // Not known yet (a coordinator still loading after a restart, a timeout): try
+            // again later rather than read the whole history.
+            Ok(Err(e)) => return Err(format!("committed offsets of the former group: {e}")),
             Err(e) => return Err(format!("blocking task: {e}")),
         }
     }

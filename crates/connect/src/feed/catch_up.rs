@@ -26,10 +26,14 @@ const CHUNK_WAIT: Duration = Duration::from_secs(2);
 enum Turn {
     /// Handed out records or let integrations join.
     Progress,
-    /// Every integration behind had no room (their workers hold their share) or the budget
-    /// was spent: nothing read.
+    /// Every integration behind had no room (their workers hold their share): nothing read.
     NoRoom,
+    /// The process's budget is spent: nothing read until workers give some back.
+    NoBudget,
 }
+
+/// Budget bytes under which a catch-up consumer does not read (a record's least cost).
+const MIN_ROOM: usize = 64 * 1024;
 
 /// A catch-up consumer: serves the queued partitions one chunk each, in turn.
 pub(super) async fn catch_up(inner: Arc<Inner>, consumer: StreamConsumer<FeedContext>) {
@@ -77,7 +81,10 @@ pub(super) async fn catch_up(inner: Arc<Inner>, consumer: StreamConsumer<FeedCon
         if again {
             inner.wake.notify_one();
         }
-        if turn == Turn::NoRoom {
+        if turn == Turn::NoBudget {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            idle_turns = 0;
+        } else if turn == Turn::NoRoom {
             // When a whole round found no room, wait for workers to give some back.
             idle_turns += 1;
             if idle_turns > waiting {
@@ -154,6 +161,13 @@ async fn serve(inner: &Arc<Inner>, consumer: &StreamConsumer<FeedContext>, tp: &
     let Some(start) = start else {
         return if joined { Turn::Progress } else { Turn::NoRoom };
     };
+    if inner.budget.available_permits() < MIN_ROOM.min(inner.budget_bytes) {
+        return if joined {
+            Turn::Progress
+        } else {
+            Turn::NoBudget
+        };
+    }
     let mut tpl = TopicPartitionList::new();
     if tpl
         .add_partition_offset(&tp.0, tp.1, Offset::Offset(start))

@@ -19,7 +19,8 @@
 //! process ([`Settings::memory_budget_bytes`]): a record waiting in an integration's queue or
 //! in its batch holds its share of it until the batch is done. The live consumer never waits
 //! for the budget: an integration it cannot give a record to (budget spent, or its own share
-//! full) is detached and catches up later from its own position; catch-up consumers wait.
+//! full) is detached and catches up later from its own position; catch-up consumers read
+//! only while the budget has room.
 //!
 //! Ordering: within one partition an integration receives records in offset order, from
 //! either consumer, never twice and never with a gap (the hand-over from catch-up to live
