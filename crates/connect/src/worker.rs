@@ -219,6 +219,19 @@ async fn pause_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
     }
 }
 
+/// The attempt count after a retryable failure. A failure that came with a time to try
+/// again (a `Retry-After`, or the sink's own schedule, such as an SMS send to look up again
+/// in the provider's list in a second) does not grow the backoff: the wait is the one asked
+/// for. Only failures without one back off exponentially, so a sink working through a batch
+/// on its own schedule is not slowed to the backoff's ceiling by the failures it met before.
+fn next_attempt(attempt: u32, retry_after: Option<Duration>) -> u32 {
+    if retry_after.is_some() {
+        attempt
+    } else {
+        attempt.saturating_add(1)
+    }
+}
+
 /// The error of a worker whose lease another writer took.
 fn lease_lost(id: &str) -> String {
     format!("lease lost: another writer runs integration {id}; positions not stored")
@@ -371,7 +384,7 @@ async fn work<S: Sink>(
                 {
                     return Ok(WorkerExit::Stopped);
                 }
-                attempt += 1;
+                attempt = next_attempt(attempt, retry_after);
             }
         }
     }
@@ -516,7 +529,7 @@ async fn work<S: Sink>(
                             // Nothing of this batch is stored: it comes again next time.
                             return Ok(WorkerExit::Stopped);
                         }
-                        attempt += 1;
+                        attempt = next_attempt(attempt, retry_after);
                     }
                 }
             };
