@@ -1,6 +1,7 @@
 //! The runtime's dead-letter topic: records that can never be written, with the reason and
 //! their origin in headers, so an operator can inspect and re-drive them.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
@@ -83,9 +84,12 @@ fn bounded(value: &[u8], key_len: usize) -> std::borrow::Cow<'_, [u8]> {
 }
 
 /// Producer of dead letters (idempotent, acks=all), shared by the workers of a process.
+/// Made at the first dead letter: a producer keeps a polling thread busy ten times a
+/// second, which a process that never dead-letters does not need.
 #[derive(Clone)]
 pub struct DeadLetters {
-    producer: FutureProducer,
+    config: Arc<ClientConfig>,
+    producer: Arc<tokio::sync::OnceCell<FutureProducer>>,
     topic: String,
 }
 
@@ -105,8 +109,11 @@ impl DeadLetters {
         for (k, v) in extra {
             c.set(k, v);
         }
+        // A setting librdkafka refuses fails here, at start, not at the first dead letter.
+        drop(c.create::<FutureProducer>()?);
         Ok(Self {
-            producer: c.create()?,
+            config: Arc::new(c),
+            producer: Arc::default(),
             topic: topic.to_string(),
         })
     }
@@ -170,7 +177,12 @@ impl DeadLetters {
         if let Some(k) = d.key.filter(|k| k.len() <= 4096) {
             record = record.key(k);
         }
-        self.producer
+        let producer = self
+            .producer
+            .get_or_try_init(|| async { self.config.create::<FutureProducer>() })
+            .await
+            .map_err(|e| format!("dead-letter producer: {e}"))?;
+        producer
             .send(record, Duration::from_secs(30))
             .await
             .map(|_| ())
