@@ -26,12 +26,17 @@ pub fn group_of(integration: Uuid) -> String {
     format!("collect.integration.{integration}")
 }
 
+/// A Postgres error reading or writing positions, named as such.
+fn db_err(e: impl std::fmt::Display) -> String {
+    format!("positions: {e}")
+}
+
 /// The stored positions of `integration`.
 pub async fn load(
     db: &deadpool_postgres::Pool,
     integration: Uuid,
 ) -> Result<HashMap<Tp, i64>, String> {
-    let c = db.get().await.map_err(|e| format!("positions: {e}"))?;
+    let c = db.get().await.map_err(db_err)?;
     let rows = c
         .query(
             "SELECT topic, kafka_partition, next_offset FROM integration_positions \
@@ -39,7 +44,7 @@ pub async fn load(
             &[&integration],
         )
         .await
-        .map_err(|e| format!("positions: {e}"))?;
+        .map_err(db_err)?;
     Ok(rows
         .iter()
         .map(|r| ((r.get::<_, String>(0), r.get::<_, i32>(1)), r.get(2)))
@@ -63,13 +68,12 @@ pub async fn save(
     let topics: Vec<&str> = positions.keys().map(|(t, _)| t.as_str()).collect();
     let parts: Vec<i32> = positions.keys().map(|(_, p)| *p).collect();
     let offsets: Vec<i64> = positions.values().copied().collect();
-    let err = |e: tokio_postgres::Error| format!("positions: {e}");
-    let mut c = db.get().await.map_err(|e| format!("positions: {e}"))?;
-    let tx = c.transaction().await.map_err(err)?;
+    let mut c = db.get().await.map_err(db_err)?;
+    let tx = c.transaction().await.map_err(db_err)?;
     if commit == Commit::Asynchronous {
         tx.batch_execute("SET LOCAL synchronous_commit = off")
             .await
-            .map_err(err)?;
+            .map_err(db_err)?;
     }
     let n = tx
         .execute(
@@ -82,8 +86,8 @@ pub async fn save(
             &[&integration, &generation, &topics, &parts, &offsets],
         )
         .await
-        .map_err(err)?;
-    tx.commit().await.map_err(err)?;
+        .map_err(db_err)?;
+    tx.commit().await.map_err(db_err)?;
     Ok(n as usize == positions.len())
 }
 
@@ -106,14 +110,14 @@ pub async fn older_than_positions(
     db: &deadpool_postgres::Pool,
     integration: &crate::store::Integration,
 ) -> Result<bool, String> {
-    let c = db.get().await.map_err(|e| format!("positions: {e}"))?;
+    let c = db.get().await.map_err(db_err)?;
     let applied: Option<chrono::DateTime<chrono::Utc>> = c
         .query_opt(
             "SELECT applied_at FROM schema_migrations WHERE version = 16",
             &[],
         )
         .await
-        .map_err(|e| format!("positions: {e}"))?
+        .map_err(db_err)?
         .map(|r| r.get(0));
     Ok(applied.is_none_or(|at| integration.created_at < at))
 }
@@ -151,6 +155,23 @@ pub fn from_group(
             _ => None,
         })
         .collect())
+}
+
+/// The number of partitions of `topic`, from the broker's metadata (blocking); an error when
+/// the topic does not exist or has none.
+pub fn partition_count<C, K>(consumer: &K, topic: &str) -> Result<i32, String>
+where
+    C: rdkafka::consumer::ConsumerContext,
+    K: Consumer<C>,
+{
+    let meta = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|e| e.to_string())?;
+    meta.topics()
+        .first()
+        .map(|t| t.partitions().len() as i32)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("topic {topic} does not exist or has no partitions"))
 }
 
 /// One partition an integration reads.
@@ -221,16 +242,7 @@ impl Positions {
     ) -> Result<Vec<(Tp, i64, i64)>, String> {
         let mut out = Vec::new();
         for topic in topics {
-            let meta = consumer
-                .fetch_metadata(Some(topic), Duration::from_secs(10))
-                .map_err(blocking_err)?;
-            let n = meta
-                .topics()
-                .first()
-                .map(|t| t.partitions().len() as i32)
-                .filter(|n| *n > 0)
-                .ok_or_else(|| format!("topic {topic} does not exist"))?;
-            let p = partition_for(form, n);
+            let p = partition_for(form, partition_count(consumer, topic)?);
             let (low, high) = consumer
                 .fetch_watermarks(topic, p, Duration::from_secs(10))
                 .map_err(blocking_err)?;

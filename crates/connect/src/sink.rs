@@ -22,6 +22,16 @@ pub enum SinkEvent {
     Form(FormEvent),
 }
 
+impl SinkEvent {
+    /// The id of the event's form.
+    pub fn form_id(&self) -> &str {
+        match self {
+            SinkEvent::Response(r) => &r.form_id,
+            SinkEvent::Form(f) => &f.form_id,
+        }
+    }
+}
+
 /// One event and where it was read from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Delivery {

@@ -173,13 +173,6 @@ pub async fn run<S: Sink>(mut sink: S, kind: &'static str, mut job: Job) -> Work
     exit
 }
 
-fn form_of(event: &SinkEvent) -> &str {
-    match event {
-        SinkEvent::Response(r) => &r.form_id,
-        SinkEvent::Form(f) => &f.form_id,
-    }
-}
-
 /// The Postgres commit time of an event, in microseconds since the epoch.
 fn commit_ts(event: &SinkEvent) -> i64 {
     match event {
@@ -433,7 +426,7 @@ async fn work<S: Sink>(
             match fed.event {
                 // Responses submitted before the integration's start are not its to deliver
                 // (a notification attached to a form with history); their offsets move on.
-                Ok(event) if form_of(&event) == form_id && !before(&event, start) => {
+                Ok(event) if event.form_id() == form_id && !before(&event, start) => {
                     bytes += fed.value.len();
                     first.get_or_insert_with(Instant::now);
                     let span = trace::process(

@@ -37,6 +37,19 @@ fn delivered(env: &Env, i: &Integration) -> u64 {
         .get()
 }
 
+/// Produces `n` new responses (revision 1, name `name`) of the test form; their ids.
+async fn produce_new(env: &Env, n: usize, name: &str) -> Vec<String> {
+    let ids: Vec<String> = (0..n).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    env.produce(
+        &ids.iter()
+            .map(|id| env.response(id, 1, name))
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap();
+    ids
+}
+
 async fn until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     while !f() {
@@ -153,15 +166,7 @@ async fn an_integration_restarts_from_its_own_stored_position() {
     let env = Env::new().await.unwrap();
     let config = json!({"store": uuid::Uuid::new_v4().to_string()});
     let i = env.integration("memory", config).await.unwrap();
-    let first: Vec<String> = (0..50).map(|_| uuid::Uuid::new_v4().to_string()).collect();
-    env.produce(
-        &first
-            .iter()
-            .map(|id| env.response(id, 1, "first"))
-            .collect::<Vec<_>>(),
-    )
-    .await
-    .unwrap();
+    let first = produce_new(&env, 50, "first").await;
     let w = env.start(MemorySink::new(&store_of(&i)), "memory", &i);
     until("the first responses", 60, || rows(&i).len() == first.len()).await;
     assert_eq!(w.stop().await, WorkerExit::Stopped);
@@ -180,15 +185,7 @@ async fn an_integration_restarts_from_its_own_stored_position() {
     assert_eq!(stored, first.len() as i64);
 
     // Others arrive while it is stopped; it reads only those, once.
-    let second: Vec<String> = (0..30).map(|_| uuid::Uuid::new_v4().to_string()).collect();
-    env.produce(
-        &second
-            .iter()
-            .map(|id| env.response(id, 1, "second"))
-            .collect::<Vec<_>>(),
-    )
-    .await
-    .unwrap();
+    let second = produce_new(&env, 30, "second").await;
     let before = delivered(&env, &i);
     let w = env.start(MemorySink::new(&store_of(&i)), "memory", &i);
     until("the second responses", 60, || {
@@ -207,14 +204,7 @@ async fn an_integration_from_before_positions_starts_where_its_consumer_group_wa
     let env = Env::new().await.unwrap();
     let config = json!({"store": uuid::Uuid::new_v4().to_string()});
     let mut i = env.integration("memory", config).await.unwrap();
-    let old: Vec<String> = (0..20).map(|_| uuid::Uuid::new_v4().to_string()).collect();
-    env.produce(
-        &old.iter()
-            .map(|id| env.response(id, 1, "before the upgrade"))
-            .collect::<Vec<_>>(),
-    )
-    .await
-    .unwrap();
+    let old = produce_new(&env, 20, "before the upgrade").await;
     // A worker of the former version committed these to the integration's own group.
     let topic = env.shared.settings.responses_topic.clone();
     let partition = collect_events::partition_for(
@@ -235,14 +225,7 @@ async fn an_integration_from_before_positions_starts_where_its_consumer_group_wa
     // The integration is older than the positions table.
     i.created_at = chrono::DateTime::from_timestamp(1_600_000_000, 0).unwrap();
 
-    let new: Vec<String> = (0..10).map(|_| uuid::Uuid::new_v4().to_string()).collect();
-    env.produce(
-        &new.iter()
-            .map(|id| env.response(id, 1, "after"))
-            .collect::<Vec<_>>(),
-    )
-    .await
-    .unwrap();
+    let new = produce_new(&env, 10, "after").await;
     let w = env.start(MemorySink::new(&store_of(&i)), "memory", &i);
     until("the responses after the group's offset", 60, || {
         rows(&i).len() == new.len()

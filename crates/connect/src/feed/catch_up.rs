@@ -14,7 +14,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{FeedContext, Inner, Raw, State, Tp, form_of};
+use super::{FeedContext, Inner, Raw, State, Tp};
 
 /// Budget bytes a catch-up consumer hands out from one partition before it serves the next.
 const CHUNK_BYTES: usize = 4 * 1024 * 1024;
@@ -127,6 +127,16 @@ fn join_at_head(s: &mut State, tp: &Tp, members: &HashSet<u64>) -> Vec<u64> {
     joined
 }
 
+/// Moves the positions of `members` on `tp` up to `to` (each handled everything before it).
+/// Under the state lock.
+fn advance(s: &mut State, tp: &Tp, members: &HashSet<u64>, to: i64) {
+    for id in members {
+        if let Some(sp) = s.subs.get_mut(id).and_then(|sub| sub.parts.get_mut(tp)) {
+            sp.next = sp.next.max(to);
+        }
+    }
+}
+
 /// One chunk of `tp` for the integrations behind on it.
 async fn serve(inner: &Arc<Inner>, consumer: &StreamConsumer<FeedContext>, tp: &Tp) -> Turn {
     // Who takes part: integrations behind with room; those at the head join at once.
@@ -201,11 +211,7 @@ async fn serve(inner: &Arc<Inner>, consumer: &StreamConsumer<FeedContext>, tp: &
                     .and_then(|tpl| tpl.find_partition(&tp.0, tp.1)?.offset().to_raw());
                 let mut s = inner.state();
                 if let Some(end) = end.filter(|e| *e >= 0) {
-                    for id in &members {
-                        if let Some(sp) = s.subs.get_mut(id).and_then(|sub| sub.parts.get_mut(tp)) {
-                            sp.next = sp.next.max(end);
-                        }
-                    }
+                    advance(&mut s, tp, &members, end);
                 }
                 join_at_head(&mut s, tp, &members);
                 return Turn::Progress;
@@ -239,11 +245,7 @@ async fn serve(inner: &Arc<Inner>, consumer: &StreamConsumer<FeedContext>, tp: &
             let mut s = inner.state();
             members.retain(|id| s.subs.contains_key(id));
             if s.parts.get(tp).is_some_and(|p| offset >= p.head) {
-                for id in &members {
-                    if let Some(sp) = s.subs.get_mut(id).and_then(|sub| sub.parts.get_mut(tp)) {
-                        sp.next = sp.next.max(offset);
-                    }
-                }
+                advance(&mut s, tp, &members, offset);
                 join_at_head(&mut s, tp, &members);
                 return Turn::Progress;
             }
@@ -269,7 +271,7 @@ async fn serve(inner: &Arc<Inner>, consumer: &StreamConsumer<FeedContext>, tp: &
                 continue;
             }
             let mine = match &event {
-                Ok(e) => form_of(e) == sub.form,
+                Ok(e) => e.form_id() == sub.form,
                 Err(_) => true,
             };
             let sent = !mine

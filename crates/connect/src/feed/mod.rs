@@ -435,16 +435,7 @@ impl Feed {
         let (c, t) = (self.inner.meta.clone(), topics.to_vec());
         let found: Vec<i32> = blocking(move || {
             t.iter()
-                .map(|topic| {
-                    let meta = c
-                        .fetch_metadata(Some(topic), Duration::from_secs(10))
-                        .map_err(|e| e.to_string())?;
-                    meta.topics()
-                        .first()
-                        .map(|x| x.partitions().len() as i32)
-                        .filter(|n| *n > 0)
-                        .ok_or_else(|| format!("topic {topic} has no partitions"))
-                })
+                .map(|topic| crate::offsets::partition_count(&*c, topic))
                 .collect::<Result<Vec<i32>, String>>()
         })
         .await??;
@@ -692,7 +683,7 @@ async fn dispatch(inner: Arc<Inner>) {
                         continue;
                     }
                     if let Ok(e) = ev
-                        && form_of(e) != sub.form
+                        && e.form_id() != sub.form
                     {
                         continue;
                     }
@@ -720,13 +711,6 @@ async fn dispatch(inner: Arc<Inner>) {
             }
             break;
         }
-    }
-}
-
-fn form_of(event: &SinkEvent) -> &str {
-    match event {
-        SinkEvent::Response(r) => &r.form_id,
-        SinkEvent::Form(f) => &f.form_id,
     }
 }
 
