@@ -337,6 +337,34 @@ fn quantile(metrics: &str, name: &str, q: f64) -> Option<f64> {
 }
 
 /// Runs the three parts and prints their figures.
+/// Decodes slot `slot` with `pg_recvlogical` (pgoutput, protocol 2, publication `collect`)
+/// up to `end`, the way a reader would, writing the output nowhere.
+pub(crate) fn recvlogical(db_url: &str, slot: &str, end: &str) -> Result<()> {
+    let bin = collect_testkit::pg_bin_dir()?.join("pg_recvlogical");
+    let out = Command::new(&bin)
+        .args([
+            "-d",
+            db_url,
+            "--slot",
+            slot,
+            "--start",
+            "--no-loop",
+            "-E",
+            end,
+            "-f",
+            "/dev/null",
+        ])
+        .args(["-o", "proto_version=2", "-o", "publication_names=collect"])
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "pg_recvlogical failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
 pub async fn run(a: Args) -> Result<()> {
     let b = Bench::start(
         a.collect_bin.clone(),
@@ -378,29 +406,8 @@ pub async fn run(a: Args) -> Result<()> {
         t.elapsed().as_secs_f64()
     );
 
-    let bin = collect_testkit::pg_bin_dir()?.join("pg_recvlogical");
     let t = Instant::now();
-    let out = Command::new(&bin)
-        .args([
-            "-d",
-            &b.db_url,
-            "--slot",
-            "reference",
-            "--start",
-            "--no-loop",
-            "-E",
-            &end,
-            "-f",
-            "/dev/null",
-        ])
-        .args(["-o", "proto_version=2", "-o", "publication_names=collect"])
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "pg_recvlogical failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    recvlogical(&b.db_url, "reference", &end)?;
     let reference = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let reader = b.reader()?;

@@ -4,7 +4,9 @@
 
 mod api;
 mod cdc;
+mod chaos;
 mod integrations;
+mod million;
 mod sheets;
 
 use anyhow::Result;
@@ -27,6 +29,10 @@ enum Command {
     Sheets(sheets::Args),
     /// Threads, memory and idle CPU of one `collect connect` running many integrations.
     Integrations(integrations::Args),
+    /// The whole pipeline under kills, restarts and provider storms: lost, duplicated, wrong.
+    Chaos(chaos::Args),
+    /// A million responses: API rate, reader drain against pg_recvlogical, rows per second.
+    Million(million::Args),
 }
 
 #[tokio::main]
@@ -36,5 +42,7 @@ async fn main() -> Result<()> {
         Command::Cdc(args) => cdc::run(args).await,
         Command::Sheets(args) => sheets::run(args).await,
         Command::Integrations(args) => integrations::run(args).await,
+        Command::Chaos(args) => chaos::run(args).await,
+        Command::Million(args) => million::run(args).await,
     }
 }

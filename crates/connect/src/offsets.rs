@@ -94,8 +94,8 @@ pub async fn save(
 /// How a position is committed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Commit {
-    /// Durable before `save` returns: a position moved back (a rewind, a replay), which a
-    /// crash must not undo.
+    /// Durable before `save` returns: a position moved back (a rewind, a replay), or one
+    /// past records sent to the dead-letter topic, which a crash must not undo.
     Durable,
     /// Without waiting for the WAL flush (`synchronous_commit = off`): a position moved
     /// forward past what is durable at the third party. A Postgres crash can lose the last

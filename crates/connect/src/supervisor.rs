@@ -68,6 +68,7 @@ pub struct Connect {
 struct Worker {
     stop: watch::Sender<bool>,
     handle: JoinHandle<WorkerExit>,
+    started: Instant,
     updated_at: chrono::DateTime<chrono::Utc>,
     kind: String,
 }
@@ -121,16 +122,29 @@ impl Connect {
         Ok(Worker {
             stop,
             handle: tokio::spawn(fut),
+            started: Instant::now(),
             updated_at: integ.updated_at,
             kind: integ.kind.clone(),
         })
     }
 }
 
+/// The wait before restarting a worker after its `n`th failure in a row (1-based): 5 s,
+/// doubling to 60 s, each spread by up to a fifth either way, so that many workers failing
+/// together (a broker outage) do not all ask again at the same moment.
+fn restart_delay(n: u32) -> Duration {
+    let base = Duration::from_secs(5)
+        .saturating_mul(1 << n.clamp(1, 5).saturating_sub(1))
+        .min(Duration::from_secs(60));
+    base.mul_f64(rand::random_range(0.8..1.2))
+}
+
 /// Runs until `stop` turns true, then stops every worker (bounded) and returns.
 pub async fn run(c: Connect, mut stop: watch::Receiver<bool>) -> Result<(), String> {
     let mut workers: HashMap<Uuid, Worker> = HashMap::new();
     let mut backoff: HashMap<Uuid, Instant> = HashMap::new();
+    // Failures in a row of each integration whose worker failed within a minute of starting.
+    let mut failures: HashMap<Uuid, u32> = HashMap::new();
     let mut lease: Option<(tokio_postgres::Client, watch::Receiver<bool>)> = None;
     // The active integrations as last read, and the table's fingerprint then.
     let mut seen: Option<(crate::store::Fingerprint, Vec<Uuid>)> = None;
@@ -187,6 +201,9 @@ pub async fn run(c: Connect, mut stop: watch::Receiver<bool>) -> Result<(), Stri
                     .execute("SELECT pg_advisory_unlock($1)", &[&lock_key(id)])
                     .await;
             }
+            if !matches!(exit, WorkerExit::Failed(_)) {
+                failures.remove(&id);
+            }
             match exit {
                 WorkerExit::Stopped => c.set_info(id, None),
                 WorkerExit::Paused(reason) => {
@@ -197,8 +214,15 @@ pub async fn run(c: Connect, mut stop: watch::Receiver<bool>) -> Result<(), Stri
                 }
                 WorkerExit::Rewound(_) => c.set_info(id, None), // restarted by the reconcile below
                 WorkerExit::Failed(e) => {
-                    tracing::error!(integration = %id, kind = w.kind, error = e, "worker failed; restarting in 5 s");
-                    backoff.insert(id, Instant::now() + Duration::from_secs(5));
+                    let n = if w.started.elapsed() > Duration::from_secs(60) {
+                        1
+                    } else {
+                        failures.get(&id).copied().unwrap_or(0) + 1
+                    };
+                    failures.insert(id, n);
+                    let wait = restart_delay(n);
+                    tracing::error!(integration = %id, kind = w.kind, error = e, retry_in = ?wait, failures = n, "worker failed; restarting");
+                    backoff.insert(id, Instant::now() + wait);
                     c.set_info(
                         id,
                         Some(RunInfo {
@@ -233,6 +257,9 @@ pub async fn run(c: Connect, mut stop: watch::Receiver<bool>) -> Result<(), Stri
                 }
                 let wanted: HashMap<Uuid, &Integration> =
                     active.iter().map(|i| (i.id, i)).collect();
+                // Integrations deleted, paused or no longer active leave no state here.
+                backoff.retain(|id, _| wanted.contains_key(id));
+                failures.retain(|id, _| wanted.contains_key(id));
                 for (id, w) in &workers {
                     let gone = wanted.get(id).is_none_or(|i| i.updated_at != w.updated_at);
                     if gone {

@@ -201,6 +201,15 @@ fn before(event: &SinkEvent, start: Option<i64>) -> bool {
     }
 }
 
+/// How old the watermarks a worker starts from may be.
+const START_MARKS_MAX_AGE: Duration = Duration::from_secs(2);
+
+/// Attempts at storing a position after a failed one (about 9 s in all), before the worker
+/// gives up and starts again from the last stored position.
+const SAVE_ATTEMPTS: u32 = 8;
+/// The wait before the n-th attempt is n times this.
+const SAVE_BACKOFF: Duration = Duration::from_millis(250);
+
 /// Sleeps `d` unless stopped first; returns true when stopped.
 async fn pause_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
     if *stop.borrow() {
@@ -240,7 +249,7 @@ async fn rewind<S: Sink>(
     ctx: &SinkContext,
     message: String,
 ) -> Result<WorkerExit, String> {
-    let marks = job.shared.feed.watermarks(tps).await?;
+    let marks = job.shared.feed.watermarks(tps, Duration::ZERO).await?;
     let low: BTreeMap<Tp, i64> = tps.iter().cloned().zip(marks.iter().map(|m| m.0)).collect();
     let id = job.integration.id;
     if !offsets::save(
@@ -286,7 +295,18 @@ async fn starts(job: &Job, tps: &[Tp]) -> Result<BTreeMap<Tp, i64>, String> {
             Err(e) => return Err(format!("blocking task: {e}")),
         }
     }
-    let marks = shared.feed.watermarks(tps).await?;
+    // Watermarks a few seconds old serve: the oldest offset only grows (a start below it is
+    // moved up by the consumer's reset), and a position past a remembered end is checked
+    // against a fresh one before it is believed.
+    let mut marks = shared.feed.watermarks(tps, START_MARKS_MAX_AGE).await?;
+    if tps.iter().zip(&marks).any(|(tp, (_, high))| {
+        stored
+            .get(tp)
+            .or_else(|| imported.get(tp))
+            .is_some_and(|at| at > high)
+    }) {
+        marks = shared.feed.watermarks(tps, Duration::ZERO).await?;
+    }
     let mut out = BTreeMap::new();
     for (tp, (low, high)) in tps.iter().zip(marks) {
         let mut at = stored
@@ -349,13 +369,22 @@ async fn work<S: Sink>(
         settings.responses_topic.clone(),
         settings.forms_topic.clone(),
     ];
-    let counts = job.shared.feed.partition_counts(&topics).await?;
+    // Both ask the broker through the process's one metadata client, in turn with other
+    // starting workers: a stop does not wait for them.
+    let mut stop = job.stop.clone();
+    let counts = tokio::select! {
+        c = job.shared.feed.partition_counts(&topics) => c?,
+        _ = stop.wait_for(|s| *s) => return Ok(WorkerExit::Stopped),
+    };
     let tps: Vec<Tp> = topics
         .iter()
         .zip(&counts)
         .map(|(t, n)| (t.clone(), partition_for(&form_id, *n)))
         .collect();
-    let starts = starts(job, &tps).await?;
+    let starts = tokio::select! {
+        s = starts(job, &tps) => s?,
+        _ = stop.wait_for(|s| *s) => return Ok(WorkerExit::Stopped),
+    };
     tracing::info!(integration = %id, kind, form = %form_id, positions = ?starts, "worker started");
 
     // Prepare the destination.
@@ -401,6 +430,8 @@ async fn work<S: Sink>(
     loop {
         // Gather a batch.
         let mut batch: Vec<Read> = Vec::new();
+        // Whether this round sent dead letters (its position is then committed durably).
+        let mut dead_lettered = false;
         let mut bytes = 0usize;
         let mut first: Option<Instant> = None;
         let mut stopping = *job.stop.borrow();
@@ -455,6 +486,7 @@ async fn work<S: Sink>(
                 }
                 Ok(_) => {}
                 Err(reason) => {
+                    dead_lettered = true;
                     job.shared
                         .dead_letters
                         .send(DeadLetter {
@@ -526,6 +558,7 @@ async fn work<S: Sink>(
                     }
                 }
             };
+            dead_lettered = !outcome.rejected.is_empty();
             for (i, reason) in &outcome.rejected {
                 let Some(r) = batch.get(*i) else { continue };
                 let d = &r.delivery;
@@ -564,15 +597,38 @@ async fn work<S: Sink>(
         // (past other forms' records too, when nothing of this one waits).
         sub.progress(&mut read_to);
         if read_to != durable {
-            if !offsets::save(
-                &job.shared.db,
-                integ.id,
-                Some(job.lease_generation),
-                &read_to,
-                offsets::Commit::Asynchronous,
-            )
-            .await?
-            {
+            // After dead letters the position is stored durably: a crash of Postgres must not
+            // bring those records, and their dead letters, back.
+            let commit = if dead_lettered {
+                offsets::Commit::Durable
+            } else {
+                offsets::Commit::Asynchronous
+            };
+            let mut attempt: u32 = 0;
+            let saved = loop {
+                match offsets::save(
+                    &job.shared.db,
+                    integ.id,
+                    Some(job.lease_generation),
+                    &read_to,
+                    commit,
+                )
+                .await
+                {
+                    Ok(saved) => break saved,
+                    // Postgres restarting, a connection dropped: what the batch wrote stays
+                    // written; store its position a little later rather than write it again.
+                    Err(e) if attempt < SAVE_ATTEMPTS => {
+                        attempt += 1;
+                        tracing::warn!(integration = %id, error = e, attempt, "storing the position failed; trying again");
+                        if pause_or_stop(SAVE_BACKOFF * attempt, &mut job.stop).await {
+                            return Ok(WorkerExit::Stopped);
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            if !saved {
                 return Err(lease_lost(&id));
             }
             durable = read_to.clone();

@@ -6,5 +6,6 @@
 //! misunderstanding of the API cannot be written once and pass its own tests.
 
 mod admin;
+mod hangup;
 pub mod sheets;
 pub mod sms;

@@ -3,17 +3,21 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use collect_emulators::sheets::{Emulator, router};
+use collect_emulators::sheets::{Emulator, router, serve};
 use serde_json::{Value, json};
 
 async fn start() -> (String, reqwest::Client) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let app = router(Emulator::new(&base));
-    tokio::spawn(async move { axum_serve(listener, app).await });
+    tokio::spawn(serve(
+        listener,
+        Emulator::new(&base),
+        std::future::pending(),
+    ));
     (base, reqwest::Client::new())
 }
 
+/// axum's own server: aborting its task closes every connection (a restart, below).
 async fn axum_serve(listener: tokio::net::TcpListener, app: axum::Router) {
     let _ = axum::serve(listener, app).await;
 }
@@ -285,6 +289,50 @@ async fn google_errors_quotas_and_faults() {
         .0,
         200
     );
+
+    // A write applied and then never answered: the connection is closed; the cell is written.
+    http.put(format!("{base}/emulator/faults"))
+        .json(&json!({"drop_after_write_rate": 1.0}))
+        .send()
+        .await
+        .unwrap();
+    let r = http
+        .post(url.clone())
+        .bearer_auth(&token)
+        .json(&json!({"valueInputOption": "RAW", "data": [{"range": "Sheet1!B2", "values": [["dropped"]]}]}))
+        .send()
+        .await;
+    assert!(r.is_err(), "the caller must not hear back: {r:?}");
+    let (s, cells) = call(
+        &http,
+        &token,
+        reqwest::Method::GET,
+        format!("{base}/v4/spreadsheets/{id}/values/Sheet1!B2"),
+        None,
+    )
+    .await;
+    assert_eq!((s, &cells["values"]), (200, &json!([["dropped"]])));
+    let stats: Value = http
+        .get(format!("{base}/emulator/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["dropped_after_write"], 1, "{stats}");
+    let refused = http
+        .put(format!("{base}/emulator/faults"))
+        .json(&json!({"drop_after_write_rate": 1.5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    http.put(format!("{base}/emulator/faults"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
 
     // A disabled service account cannot get tokens any more.
     let email = key["client_email"].as_str().unwrap();

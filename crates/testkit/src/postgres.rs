@@ -215,6 +215,17 @@ impl PgCluster {
         Ok(())
     }
 
+    /// `pg_ctl restart -m immediate`: SIGQUIT to the postmaster (every backend quits at
+    /// once, no checkpoint), then a start on the same data directory and port, which runs
+    /// crash recovery.
+    pub async fn restart_immediate(&mut self) -> Result<()> {
+        if let Some(s) = self.server.take() {
+            s.signal("QUIT")?;
+            s.stop(Duration::from_secs(30));
+        }
+        self.launch().await
+    }
+
     /// Starts Postgres again on the same data directory and port (crash recovery runs).
     pub async fn restart(&mut self) -> Result<()> {
         if let Some(s) = self.server.take() {

@@ -43,6 +43,21 @@ use crate::metrics::Metrics;
 use crate::sink::SinkEvent;
 use crate::worker::Settings;
 
+/// Watermarks as last asked, and the last failed attempt.
+#[derive(Default)]
+struct Marks {
+    known: HashMap<Tp, ((i64, i64), Instant)>,
+    /// When the last attempt that failed was made, and why: callers that were already
+    /// waiting get that answer instead of asking again, one after another.
+    failed: Option<(Instant, String)>,
+}
+
+/// How often the partitions' ends are asked for `collect_connect_feed_live_lag`.
+const LIVE_LAG_EVERY: Duration = Duration::from_secs(30);
+
+/// How long a partition count is kept.
+const COUNTS_MAX_AGE: Duration = Duration::from_secs(60);
+
 mod catch_up;
 
 /// A topic and a partition.
@@ -249,8 +264,12 @@ struct Inner {
     /// connection they would wait behind its long-polling fetches (Kafka answers a
     /// connection's requests in order).
     meta: Arc<BaseConsumer<FeedContext>>,
-    /// Partition counts by topic, with when they were asked (kept a minute).
-    counts: Mutex<HashMap<String, (i32, Instant)>>,
+    /// Partition counts by topic, with when they were asked (kept a minute). The async lock is
+    /// held while asking, so that many workers starting at once (after a broker outage, a
+    /// hand-over) send one request, not one each.
+    counts: tokio::sync::Mutex<HashMap<String, (i32, Instant)>>,
+    /// Watermarks by partition, with when they were asked; held while asking, as `counts`.
+    marks: tokio::sync::Mutex<Marks>,
     budget: Arc<Semaphore>,
     budget_bytes: usize,
     state: Mutex<State>,
@@ -264,6 +283,60 @@ struct Inner {
 impl Inner {
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `(low, high)` watermarks of each partition: the oldest offset the topic holds and
+    /// the offset after the last record, asked at most `max_age` before the request (zero:
+    /// always asked). One caller asks at a time and the answers are kept, so workers
+    /// starting together share the requests; when an attempt fails, the callers that were
+    /// waiting for it get its error rather than each asking in turn.
+    async fn watermarks(&self, tps: &[Tp], max_age: Duration) -> Result<Vec<(i64, i64)>, String> {
+        let waiting_since = Instant::now();
+        let mut marks = self.marks.lock().await;
+        if let Some((at, e)) = &marks.failed
+            && !max_age.is_zero()
+            && *at >= waiting_since
+        {
+            return Err(e.clone());
+        }
+        let stale: Vec<Tp> = tps
+            .iter()
+            .filter(|tp| {
+                marks
+                    .known
+                    .get(*tp)
+                    .is_none_or(|(_, at)| max_age.is_zero() || at.elapsed() > max_age)
+            })
+            .cloned()
+            .collect();
+        if !stale.is_empty() {
+            let (c, asked) = (self.meta.clone(), stale.clone());
+            let asked_at = Instant::now();
+            let found = blocking(move || {
+                asked
+                    .iter()
+                    .map(|(t, p)| {
+                        c.fetch_watermarks(t, *p, Duration::from_secs(10))
+                            .map_err(|e| format!("watermarks of {t}/{p}: {e}"))
+                    })
+                    .collect::<Result<Vec<_>, String>>()
+            })
+            .await?;
+            let found = match found {
+                Ok(f) => f,
+                Err(e) => {
+                    marks.failed = Some((Instant::now(), e.clone()));
+                    return Err(e);
+                }
+            };
+            for (tp, m) in stale.into_iter().zip(found) {
+                marks.known.insert(tp, (m, asked_at));
+            }
+        }
+        Ok(tps
+            .iter()
+            .map(|tp| marks.known.get(tp).map_or((0, 0), |(m, _)| *m))
+            .collect())
     }
 
     fn stream(&self, topic: &str) -> Stream {
@@ -392,7 +465,8 @@ impl Feed {
                     .create_with_context(FeedContext)
                     .map_err(|e| e.to_string())?,
             ),
-            counts: Mutex::default(),
+            counts: tokio::sync::Mutex::default(),
+            marks: tokio::sync::Mutex::default(),
             state: Mutex::default(),
             adding: tokio::sync::Mutex::new(()),
             wake: Notify::new(),
@@ -411,58 +485,61 @@ impl Feed {
     }
 
     /// The number of partitions of each of `topics` (blocking metadata requests, off the
-    /// runtime's threads).
+    /// runtime's threads). Asked at most once a minute per topic, by one caller at a time;
+    /// when asking fails, the count known before (partitions are never removed) is used.
     pub async fn partition_counts(&self, topics: &[String]) -> Result<Vec<i32>, String> {
-        let cached: Option<Vec<i32>> = {
-            let counts = self
-                .inner
-                .counts
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            topics
-                .iter()
-                .map(|t| {
-                    counts
-                        .get(t)
-                        .filter(|(_, at)| at.elapsed() < Duration::from_secs(60))
-                        .map(|(n, _)| *n)
-                })
-                .collect()
+        let mut counts = self.inner.counts.lock().await;
+        let fresh = |t: &String| {
+            counts
+                .get(t)
+                .filter(|(_, at)| at.elapsed() < COUNTS_MAX_AGE)
+                .map(|(n, _)| *n)
         };
-        if let Some(c) = cached {
+        if let Some(c) = topics.iter().map(fresh).collect::<Option<Vec<i32>>>() {
             return Ok(c);
         }
         let (c, t) = (self.inner.meta.clone(), topics.to_vec());
-        let found: Vec<i32> = blocking(move || {
+        let asked_at = Instant::now();
+        let asked: Vec<Result<i32, String>> = blocking(move || {
             t.iter()
                 .map(|topic| crate::offsets::partition_count(&*c, topic))
-                .collect::<Result<Vec<i32>, String>>()
+                .collect()
         })
-        .await??;
-        let mut counts = self
-            .inner
-            .counts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        for (t, n) in topics.iter().zip(&found) {
-            counts.insert(t.clone(), (*n, Instant::now()));
+        .await?;
+        let mut out = Vec::with_capacity(topics.len());
+        for (t, r) in topics.iter().zip(asked) {
+            let known = counts.get(t).map(|(n, _)| *n);
+            match (r, known) {
+                (Ok(n), _) => {
+                    counts.insert(t.clone(), (n, asked_at));
+                    out.push(n);
+                }
+                (Err(e), Some(n)) => {
+                    tracing::warn!(
+                        topic = t,
+                        error = e,
+                        partitions = n,
+                        "cannot ask the partition count; using the one known"
+                    );
+                    // Kept as if asked now: the next callers do not ask again for a minute.
+                    counts.insert(t.clone(), (n, asked_at));
+                    out.push(n);
+                }
+                (Err(e), None) => return Err(e),
+            }
         }
-        Ok(found)
+        Ok(out)
     }
 
     /// `(low, high)` watermarks of each partition: the oldest offset the topic holds and
-    /// the offset after the last record.
-    pub async fn watermarks(&self, tps: &[Tp]) -> Result<Vec<(i64, i64)>, String> {
-        let (c, tps) = (self.inner.meta.clone(), tps.to_vec());
-        blocking(move || {
-            tps.iter()
-                .map(|(t, p)| {
-                    c.fetch_watermarks(t, *p, Duration::from_secs(10))
-                        .map_err(|e| format!("watermarks of {t}/{p}: {e}"))
-                })
-                .collect()
-        })
-        .await?
+    /// the offset after the last record, asked at most `max_age` before (zero: always
+    /// asked); see [`Inner::watermarks`].
+    pub async fn watermarks(
+        &self,
+        tps: &[Tp],
+        max_age: Duration,
+    ) -> Result<Vec<(i64, i64)>, String> {
+        self.inner.watermarks(tps, max_age).await
     }
 
     /// Subscribes the integration of `form` to records of `starts`' partitions from each
@@ -485,7 +562,7 @@ impl Feed {
                     .collect()
             };
             if !missing.is_empty() {
-                let marks = self.watermarks(&missing).await?;
+                let marks = self.watermarks(&missing, Duration::ZERO).await?;
                 let mut tpl = TopicPartitionList::new();
                 let mut s = inner.state();
                 for ((t, p), (_, high)) in missing.iter().zip(&marks) {
@@ -717,6 +794,7 @@ async fn dispatch(inner: Arc<Inner>) {
 /// Keeps the feed's gauges current.
 async fn gauges(inner: Arc<Inner>) {
     let mut stop = inner.stop.clone();
+    let mut last_ends: Option<Instant> = None;
     loop {
         {
             let s = inner.state();
@@ -731,29 +809,23 @@ async fn gauges(inner: Arc<Inner>) {
         inner.metrics.feed_held_bytes.set(
             (inner.budget_bytes - inner.budget.available_permits().min(inner.budget_bytes)) as i64,
         );
-        // The partitions' ends, so that lag counts what the live consumer has not read yet.
-        let tps: Vec<Tp> = inner.state().parts.keys().cloned().collect();
-        let meta = inner.meta.clone();
-        let highs = tokio::task::spawn_blocking(move || {
-            tps.into_iter()
-                .filter_map(|(t, p)| {
-                    let (_, high) = meta.fetch_watermarks(&t, p, Duration::from_secs(5)).ok()?;
-                    Some(((t, p), high))
-                })
-                .collect::<Vec<_>>()
-        })
-        .await
-        .unwrap_or_default();
-        {
-            let mut s = inner.state();
-            let mut behind_live = 0;
-            for (tp, high) in highs {
-                if let Some(p) = s.parts.get_mut(&tp) {
-                    p.high = high;
-                    behind_live += (high - p.head).max(0);
+        // The partitions' ends, so that lag counts what the live consumer has not read yet:
+        // asked every half minute at most (a ListOffsets request per partition; some brokers
+        // answer it far more slowly than a fetch), through the cache worker starts share.
+        if last_ends.is_none_or(|t: Instant| t.elapsed() >= LIVE_LAG_EVERY) {
+            last_ends = Some(Instant::now());
+            let tps: Vec<Tp> = inner.state().parts.keys().cloned().collect();
+            if let Ok(marks) = inner.watermarks(&tps, LIVE_LAG_EVERY).await {
+                let mut s = inner.state();
+                let mut behind_live = 0;
+                for (tp, (_, high)) in tps.iter().zip(marks) {
+                    if let Some(p) = s.parts.get_mut(tp) {
+                        p.high = high;
+                        behind_live += (p.high - p.head).max(0);
+                    }
                 }
+                inner.metrics.feed_live_lag.set(behind_live);
             }
-            inner.metrics.feed_live_lag.set(behind_live);
         }
         tokio::select! {
             _ = stop.changed() => return,

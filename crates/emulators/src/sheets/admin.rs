@@ -157,7 +157,11 @@ async fn admin_spreadsheet(
 
 async fn admin_faults(State(e): State<Emulator>, axum::Json(f): axum::Json<Faults>) -> Response {
     if let Some(refused) = check_faults(
-        &[f.error_rate, f.fail_after_write_rate],
+        &[
+            f.error_rate,
+            f.fail_after_write_rate,
+            f.drop_after_write_rate,
+        ],
         f.error_rate,
         f.error_status,
     ) {

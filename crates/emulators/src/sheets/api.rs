@@ -12,6 +12,7 @@ use super::oauth::Principal;
 use super::values::InsertData;
 use super::{Emulator, Inner, MAX_BODY, admit, error, google};
 use crate::admin::chance;
+use crate::hangup::Hangup;
 
 pub(super) fn with_sheet<T>(
     inner: &mut Inner,
@@ -139,6 +140,7 @@ pub(super) async fn api(
     State(e): State<Emulator>,
     Path(rest): Path<String>,
     Query(q): Query<Vec<(String, String)>>,
+    hangup: Option<axum::Extension<Hangup>>,
     req: Request,
 ) -> Response {
     let method = req.method().clone();
@@ -182,18 +184,33 @@ pub(super) async fn api(
                 .to_string()
         })
         .unwrap_or_default();
-    let mut inner = e.lock();
-    let fail_after = write && chance(inner.faults.fail_after_write_rate);
-    let result = call(&mut inner, name, id, tail, &range, &q, &body, &p);
-    if write && result.is_ok() {
-        inner.stats.write_requests += 1;
+    let (result, dropped) = {
+        let mut inner = e.lock();
+        let fail_after = write && chance(inner.faults.fail_after_write_rate);
+        let drop_after = write && !fail_after && chance(inner.faults.drop_after_write_rate);
+        let result = call(&mut inner, name, id, tail, &range, &q, &body, &p);
+        if write && result.is_ok() {
+            inner.stats.write_requests += 1;
+            if drop_after {
+                inner.stats.dropped_after_write += 1;
+            }
+        }
+        (result.map(|v| (v, fail_after)), drop_after)
+    };
+    if dropped
+        && result.is_ok()
+        && let Some(axum::Extension(h)) = hangup
+    {
+        // Applied; the caller never hears so.
+        h.now().await;
     }
+    let mut inner = e.lock();
     match result {
-        Ok(_) if fail_after => {
+        Ok((_, true)) => {
             inner.stats.injected_errors += 1;
             error(&google(500, "INTERNAL", "Internal error encountered."))
         }
-        Ok(v) => axum::Json(v).into_response(),
+        Ok((v, false)) => axum::Json(v).into_response(),
         Err(err) => error(&err),
     }
 }

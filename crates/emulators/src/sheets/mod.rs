@@ -95,6 +95,10 @@ pub struct Faults {
     pub throttle_seconds: u64,
     /// Share (0 to 1) of write requests that are applied and then answered 500.
     pub fail_after_write_rate: f64,
+    /// Share (0 to 1) of write requests that are applied and then never answered: the
+    /// connection is closed (a proxy or load balancer dropping it; the caller cannot tell
+    /// whether the write happened).
+    pub drop_after_write_rate: f64,
 }
 
 #[derive(Debug, Default, serde::Serialize)]
@@ -102,6 +106,7 @@ struct Stats {
     requests: BTreeMap<String, u64>,
     throttled: u64,
     injected_errors: u64,
+    dropped_after_write: u64,
     write_requests: u64,
     cells_written: u64,
 }
@@ -311,9 +316,7 @@ pub async fn serve(
     emulator: Emulator,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(emulator))
-        .with_graceful_shutdown(shutdown)
-        .await
+    crate::hangup::serve(listener, router(emulator), shutdown).await
 }
 
 /// The routes.

@@ -13,8 +13,9 @@ use serde_json::{Value, json};
 
 use super::numbers::{magic_from, magic_to};
 use super::segments::{limit_length, segments};
-use super::{API_VERSION, Emulator, Hangup, Inner, MAX_BODY_CHARS, Message, hex, is_valid_number};
+use super::{API_VERSION, Emulator, Inner, MAX_BODY_CHARS, Message, hex, is_valid_number};
 use crate::admin::chance;
+use crate::hangup::Hangup;
 
 /// A Twilio error answer: `{"code", "message", "more_info", "status"}` with that status.
 fn twilio_error(status: u16, code: u32, message: &str) -> Response {
@@ -210,10 +211,9 @@ pub(super) async fn send(
             e.advance(&sid, "delivered");
         });
     }
-    if dropped && let Some(axum::Extension(d)) = hangup {
+    if dropped && let Some(axum::Extension(h)) = hangup {
         // The message is accepted; the sender never hears so.
-        d.0.notify_one();
-        tokio::time::sleep(Duration::from_secs(3600)).await;
+        h.now().await;
     }
     (StatusCode::CREATED, axum::Json(message.to_json())).into_response()
 }

@@ -45,7 +45,6 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 
 pub use numbers::is_valid_number;
 use segments::Encoding;
@@ -328,10 +327,6 @@ fn sign(token: &str, url: &str, form: &[(&str, String)]) -> String {
     STANDARD.encode(aws_lc_rs::hmac::sign(&key, data.as_bytes()).as_ref())
 }
 
-/// What a request's connection should do after the answer is decided.
-#[derive(Clone, Default)]
-struct Hangup(Arc<Notify>);
-
 /// The routes.
 pub fn router(emulator: Emulator) -> Router {
     Router::new()
@@ -364,23 +359,5 @@ pub async fn serve(
     emulator: Emulator,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(emulator);
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, _) = tokio::select! {
-            r = listener.accept() => r?,
-            () = &mut shutdown => return Ok(()),
-        };
-        let hangup = Hangup::default();
-        let app = app.clone().layer(axum::Extension(hangup.clone()));
-        tokio::spawn(async move {
-            let service = hyper_util::service::TowerToHyperService::new(app);
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            tokio::select! {
-                _ = conn => {}
-                () = hangup.0.notified() => {} // dropping `conn` closes the socket
-            }
-        });
-    }
+    crate::hangup::serve(listener, router(emulator), shutdown).await
 }

@@ -1,0 +1,393 @@
+//! What reached the other side, against Postgres (the truth): every response in its form's
+//! sheet exactly once at its newest revision, every response with a number the provider
+//! takes texted exactly once to that number, and exactly the dead letters that must be
+//! there (the responses the SMS integration must refuse: no phone, or an opted-out one).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use futures::{StreamExt as _, stream};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use serde_json::Value;
+
+use super::load::{OPTED_OUT, Phone, Submitted};
+
+/// A form of the run and what is attached to it.
+#[derive(Debug, Clone)]
+pub struct FormSetup {
+    pub id: String,
+    pub spreadsheet: String,
+    /// A token of the service account the sheet is shared with (to read it back).
+    pub token: String,
+    pub sms_integration: String,
+}
+
+/// A response as Postgres has it.
+#[derive(Debug)]
+struct Truth {
+    form: usize,
+    revision: i32,
+    deleted: bool,
+    name: Option<String>,
+    phone: Phone,
+}
+
+/// The counts of one look.
+#[derive(Debug, Default, Clone)]
+pub struct Tally {
+    pub responses: usize,
+    pub rows: usize,
+    pub texts: usize,
+    pub dead_letters: usize,
+    /// Missing: a row, a text, a dead letter, or an acknowledged submission not in Postgres.
+    pub lost: usize,
+    /// A response in two rows, texted twice.
+    pub duplicated: usize,
+    /// A row at an older revision than Postgres has (not yet converged).
+    pub stale: usize,
+    /// A cell, number or dead letter that should not be what it is.
+    pub wrong: usize,
+    /// The same dead letter written more than once (at-least-once to the dead-letter topic).
+    pub dead_letter_repeats: usize,
+    /// The first problems, for the reader of the report.
+    pub examples: Vec<String>,
+}
+
+impl Tally {
+    fn note(&mut self, what: String) {
+        if self.examples.len() < 10 {
+            self.examples.push(what);
+        }
+    }
+
+    pub fn converged(&self) -> bool {
+        self.lost == 0 && self.stale == 0
+    }
+}
+
+/// Where to look.
+pub struct Sources<'a> {
+    pub http: &'a reqwest::Client,
+    pub db_url: &'a str,
+    pub sheets: &'a str,
+    pub sms: &'a str,
+    pub brokers: &'a str,
+    pub forms: &'a [FormSetup],
+}
+
+async fn truth(s: &Sources<'_>) -> Result<HashMap<String, Truth>> {
+    let c = collect_testkit::connect(s.db_url).await?;
+    let index: HashMap<&str, usize> = s
+        .forms
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (f.id.as_str(), i))
+        .collect();
+    let rows = c
+        .query(
+            "SELECT id::text, form_id::text, revision, deleted_at IS NOT NULL,
+                    (SELECT v->>'value' FROM jsonb_each(answers) e(k, v) WHERE v->>'alias' = 'name'),
+                    (SELECT v->>'value' FROM jsonb_each(answers) e(k, v) WHERE v->>'alias' = 'phone')
+             FROM responses",
+            &[],
+        )
+        .await?;
+    let mut out = HashMap::new();
+    for r in rows {
+        let form: String = r.get(1);
+        let Some(&form) = index.get(form.as_str()) else {
+            continue;
+        };
+        let phone: Option<String> = r.get(5);
+        let phone = match phone {
+            Some(p) if !OPTED_OUT.contains(&p.as_str()) => Phone::Texted(p),
+            _ => Phone::Refused,
+        };
+        out.insert(
+            r.get(0),
+            Truth {
+                form,
+                revision: r.get(2),
+                deleted: r.get(3),
+                name: r.get(4),
+                phone,
+            },
+        );
+    }
+    Ok(out)
+}
+
+async fn sheet(s: &Sources<'_>, f: &FormSetup) -> Result<Vec<Vec<Value>>> {
+    let v: Value = s
+        .http
+        .get(format!(
+            "{}/v4/spreadsheets/{}/values/Responses!A1:Z",
+            s.sheets, f.spreadsheet
+        ))
+        .bearer_auth(&f.token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(serde_json::from_value(v["values"].clone()).unwrap_or_default())
+}
+
+fn cell(row: &[Value], i: Option<usize>) -> &str {
+    i.and_then(|i| row.get(i))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+/// Every record of `topic` as (integration header, key), read from the beginning to the end
+/// of every partition (nothing when the topic does not exist).
+fn dead_letters(brokers: &str, topic: &str) -> Result<Vec<(String, String)>> {
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "collect-bench-chaos-check")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()?;
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
+        return Ok(Vec::new());
+    };
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    let mut left = HashSet::new();
+    for p in t.partitions() {
+        let (low, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+        if high > low {
+            tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning)?;
+            left.insert((p.id(), high));
+        }
+    }
+    let mut out = Vec::new();
+    if left.is_empty() {
+        return Ok(out);
+    }
+    consumer.assign(&tpl)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !left.is_empty() {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "reading {topic} took over 120 s"
+        );
+        let Some(m) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let m = match m {
+            Ok(m) => m,
+            Err(rdkafka::error::KafkaError::PartitionEOF(p)) => {
+                left.retain(|(q, _)| *q != p);
+                continue;
+            }
+            Err(e) => return Err(e).context("reading dead letters"),
+        };
+        let integration = m
+            .headers()
+            .and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == "collect.integration")
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            })
+            .unwrap_or_default();
+        let key = m
+            .key()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .unwrap_or_default();
+        out.push((integration, key));
+        let (p, next) = (m.partition(), m.offset() + 1);
+        left.retain(|(q, high)| !(*q == p && next >= *high));
+    }
+    Ok(out)
+}
+
+/// One look at everything.
+pub async fn look(s: &Sources<'_>, acknowledged: &[Submitted]) -> Result<Tally> {
+    let truth = truth(s).await?;
+    let mut t = Tally {
+        responses: truth.len(),
+        ..Tally::default()
+    };
+    // The API lost nothing it acknowledged, and stored the number people typed as E.164.
+    for a in acknowledged {
+        match truth.get(&a.id) {
+            None => {
+                t.lost += 1;
+                t.note(format!("submission {} acknowledged, not in Postgres", a.id));
+            }
+            Some(r) if r.form != a.form => {
+                t.wrong += 1;
+                t.note(format!(
+                    "response {} stored under form {}, sent to {}",
+                    a.id, r.form, a.form
+                ));
+            }
+            Some(r) if r.phone != a.phone => {
+                t.wrong += 1;
+                t.note(format!(
+                    "response {}: phone {:?} stored, {:?} expected",
+                    a.id, r.phone, a.phone
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+
+    // Sheets.
+    let sheets: Vec<Result<Vec<Vec<Value>>>> = stream::iter(s.forms)
+        .map(|f| sheet(s, f))
+        .buffered(16)
+        .collect()
+        .await;
+    let mut by_form: Vec<Vec<(&String, &Truth)>> = vec![Vec::new(); s.forms.len()];
+    for (id, r) in &truth {
+        by_form[r.form].push((id, r));
+    }
+    for (f, rows) in sheets.into_iter().enumerate() {
+        let rows = rows.with_context(|| format!("reading the sheet of form {f}"))?;
+        let header: Vec<&str> = rows
+            .first()
+            .map(|h| h.iter().map(|c| c.as_str().unwrap_or("")).collect())
+            .unwrap_or_default();
+        let col = |name: &str| header.iter().position(|h| *h == name);
+        let (id_c, rev_c, status_c, name_c) = (
+            col("Response ID"),
+            col("Revision"),
+            col("Status"),
+            col("Name"),
+        );
+        let mut seen: HashMap<&str, &Vec<Value>> = HashMap::new();
+        for row in rows.iter().skip(1) {
+            let id = cell(row, id_c);
+            if id.is_empty() {
+                continue;
+            }
+            t.rows += 1;
+            if seen.insert(id, row).is_some() {
+                t.duplicated += 1;
+                t.note(format!("form {f}: response {id} in two rows"));
+            }
+            match truth.get(id) {
+                Some(r) if r.form == f => {}
+                _ => {
+                    t.wrong += 1;
+                    t.note(format!(
+                        "form {f}: a row of response {id}, not one of this form"
+                    ));
+                }
+            }
+        }
+        for (id, r) in &by_form[f] {
+            let Some(row) = seen.get(id.as_str()) else {
+                t.lost += 1;
+                t.note(format!("form {f}: response {id} has no row"));
+                continue;
+            };
+            let revision = cell(row, rev_c);
+            if revision != r.revision.to_string() {
+                if revision.parse::<i32>().is_ok_and(|v| v < r.revision) {
+                    t.stale += 1;
+                } else {
+                    t.wrong += 1;
+                }
+                t.note(format!(
+                    "form {f}: response {id} at revision {revision}, Postgres has {}",
+                    r.revision
+                ));
+                continue;
+            }
+            let deleted = cell(row, status_c) == "deleted";
+            let name_ok = r.deleted || r.name.as_deref().unwrap_or("") == cell(row, name_c);
+            if deleted != r.deleted || !name_ok {
+                t.wrong += 1;
+                t.note(format!(
+                    "form {f}: response {id}: row {row:?}, Postgres {r:?}"
+                ));
+            }
+        }
+    }
+
+    // Texts: the template ends with "Ref {{response_id}}".
+    let messages: Value = s
+        .http
+        .get(format!("{}/emulator/messages", s.sms))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let mut texted: HashMap<String, Vec<String>> = HashMap::new();
+    for m in messages.as_array().map(Vec::as_slice).unwrap_or_default() {
+        let body = m["body"].as_str().unwrap_or("");
+        let id = body.rsplit("Ref ").next().unwrap_or("").to_string();
+        texted
+            .entry(id)
+            .or_default()
+            .push(m["to"].as_str().unwrap_or("").to_string());
+        t.texts += 1;
+    }
+    for (id, to) in &texted {
+        match truth.get(id).map(|r| &r.phone) {
+            Some(Phone::Texted(want)) => {
+                if to.len() > 1 {
+                    t.duplicated += to.len() - 1;
+                    t.note(format!("response {id} texted {} times", to.len()));
+                }
+                if to.iter().any(|n| n != want) {
+                    t.wrong += 1;
+                    t.note(format!("response {id} texted to {to:?}, not {want}"));
+                }
+            }
+            _ => {
+                t.wrong += to.len();
+                t.note(format!(
+                    "a text for response {id}, which must not be texted"
+                ));
+            }
+        }
+    }
+    for (id, r) in &truth {
+        if matches!(r.phone, Phone::Texted(_)) && !texted.contains_key(id) {
+            t.lost += 1;
+            t.note(format!("response {id} never texted"));
+        }
+    }
+
+    // Dead letters: one per refused response, on its form's SMS integration; none anywhere
+    // else, none from the reader.
+    let letters = dead_letters(s.brokers, "collect.connect.dlq")?;
+    t.dead_letters = letters.len();
+    let mut counted: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for l in letters {
+        *counted.entry(l).or_default() += 1;
+    }
+    for ((integration, id), n) in &counted {
+        let expected = truth.get(id).is_some_and(|r| {
+            r.phone == Phone::Refused && s.forms[r.form].sms_integration == *integration
+        });
+        if expected {
+            t.dead_letter_repeats += n - 1;
+        } else {
+            t.wrong += n;
+            t.note(format!(
+                "dead letter of integration {integration} for response {id}, not expected"
+            ));
+        }
+    }
+    for (id, r) in &truth {
+        if r.phone == Phone::Refused
+            && !counted.contains_key(&(s.forms[r.form].sms_integration.clone(), id.clone()))
+        {
+            t.lost += 1;
+            t.note(format!("response {id}: no dead letter"));
+        }
+    }
+    let reader_letters = dead_letters(s.brokers, "collect.cdc.dlq")?;
+    if !reader_letters.is_empty() {
+        t.wrong += reader_letters.len();
+        t.note(format!("{} reader dead letters", reader_letters.len()));
+    }
+    Ok(t)
+}
