@@ -2,13 +2,15 @@
 //! a Google Sheets integration, through the whole pipeline as real processes (the chaos run's
 //! stack, without faults), in three timed phases:
 //!
-//! 1. the forms API alone: N submissions from C concurrent clients (the readers stopped, so
-//!    the WAL waits in the slot): submissions per second and latency percentiles;
+//! 1. the forms API alone: N submissions from C concurrent clients (the readers and the
+//!    connect processes stopped, so the WAL waits in the slot): submissions per second and
+//!    latency percentiles;
 //! 2. the same WAL decoded twice: `pg_recvlogical` on a second pgoutput slot created before
-//!    the load, then the reader (`collect cdc`) on its own slot, each to the WAL's end: drain
-//!    times and their ratio;
-//! 3. from the reader's start until every sheet holds each of its form's responses (read
-//!    back with values.get): rows per second across all sheets;
+//!    the load, then the reader (`collect cdc`) on its own slot, each to the WAL's end, alone
+//!    on the machine but for the broker: drain times and their ratio;
+//! 3. from the connect processes' start (the topic holds every response) until every sheet
+//!    holds each of its form's responses (read back with values.get): rows per second
+//!    across all sheets;
 //!
 //! sampling every process once a second throughout: resident memory and threads (Postgres as
 //! the sum of its processes' proportional set sizes).
@@ -198,9 +200,13 @@ pub async fn run(a: Args) -> Result<()> {
     let mut peaks = Peaks::default();
     peaks.sample(&s);
 
-    // Phase 1: the API alone; the WAL waits in both slots.
+    // Phase 1: the API alone; the WAL waits in both slots, the connect processes are
+    // stopped (their integrations wait at their stored positions).
     for r in &mut s.readers {
         r.kill9();
+    }
+    for c in &mut s.connects {
+        c.kill9();
     }
     let c = sql(&s.db_url).await?;
     c.batch_execute("SELECT pg_create_logical_replication_slot('reference', 'pgoutput')")
@@ -306,7 +312,11 @@ pub async fn run(a: Args) -> Result<()> {
         recv_secs / reader_secs
     );
 
-    // Phase 3: every sheet complete.
+    // Phase 3: the connect processes start again; every sheet complete.
+    let connect_start = Instant::now();
+    for c in &mut s.connects {
+        c.start(&http).await?;
+    }
     let per_form = |f: usize| a.responses / a.forms + usize::from(f < a.responses % a.forms);
     let want: usize = a.responses;
     let mut last_look = Instant::now();
@@ -320,11 +330,11 @@ pub async fn run(a: Args) -> Result<()> {
             last_look = Instant::now();
             let got = rows(&http, &s.sheets.url(), &forms).await?;
             if got.iter().enumerate().all(|(f, n)| *n == per_form(f)) {
-                break reader_start.elapsed().as_secs_f64();
+                break connect_start.elapsed().as_secs_f64();
             }
             println!(
                 "  {:>6.0} s: {} of {want} rows",
-                reader_start.elapsed().as_secs_f64(),
+                connect_start.elapsed().as_secs_f64(),
                 got.iter().sum::<usize>()
             );
         }
@@ -374,7 +384,7 @@ pub async fn run(a: Args) -> Result<()> {
         ),
     );
     row(
-        "Every sheet complete, from the reader's start",
+        "Every sheet complete, from the connect processes' start (the topic holding every response)",
         format!(
             "{sheets_secs:.0} s: **{:.0} rows/s** across {} sheets",
             want as f64 / sheets_secs,
