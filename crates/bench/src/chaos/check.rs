@@ -12,7 +12,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use serde_json::Value;
 
-use super::load::{OPTED_OUT, Phone, Submitted};
+use super::load::{Ledger, OPTED_OUT, Phone, Submitted};
 
 /// A form of the run and what is attached to it.
 #[derive(Debug, Clone)]
@@ -32,6 +32,8 @@ struct Truth {
     deleted: bool,
     name: Option<String>,
     phone: Phone,
+    /// The submission's `Idempotency-Key` (every submission of the run has one).
+    key: Option<String>,
 }
 
 /// The counts of one look.
@@ -89,7 +91,8 @@ async fn truth(s: &Sources<'_>) -> Result<HashMap<String, Truth>> {
         .query(
             "SELECT id::text, form_id::text, revision, deleted_at IS NOT NULL,
                     (SELECT v->>'value' FROM jsonb_each(answers) e(k, v) WHERE v->>'alias' = 'name'),
-                    (SELECT v->>'value' FROM jsonb_each(answers) e(k, v) WHERE v->>'alias' = 'phone')
+                    (SELECT v->>'value' FROM jsonb_each(answers) e(k, v) WHERE v->>'alias' = 'phone'),
+                    idempotency_key
              FROM responses",
             &[],
         )
@@ -113,6 +116,7 @@ async fn truth(s: &Sources<'_>) -> Result<HashMap<String, Truth>> {
                 deleted: r.get(3),
                 name: r.get(4),
                 phone,
+                key: r.get(6),
             },
         );
     }
@@ -129,6 +133,7 @@ async fn sheet(s: &Sources<'_>, f: &FormSetup) -> Result<Vec<Vec<Value>>> {
         .bearer_auth(&f.token)
         .send()
         .await?
+        .error_for_status()?
         .json()
         .await?;
     Ok(serde_json::from_value(v["values"].clone()).unwrap_or_default())
@@ -205,12 +210,51 @@ fn dead_letters(brokers: &str, topic: &str) -> Result<Vec<(String, String)>> {
 }
 
 /// One look at everything.
-pub async fn look(s: &Sources<'_>, acknowledged: &[Submitted]) -> Result<Tally> {
+pub async fn look(s: &Sources<'_>, acknowledged: &[Submitted], ledger: &Ledger) -> Result<Tally> {
     let truth = truth(s).await?;
     let mut t = Tally {
         responses: truth.len(),
         ..Tally::default()
     };
+    // One response per submission: a retried submission (same key) never made a second.
+    let mut keys: HashMap<&str, usize> = HashMap::new();
+    for (id, r) in &truth {
+        match r.key.as_deref() {
+            Some(k) => *keys.entry(k).or_default() += 1,
+            None => {
+                t.wrong += 1;
+                t.note(format!(
+                    "response {id} has no idempotency key: no client sent it"
+                ));
+            }
+        }
+    }
+    for (k, n) in keys.iter().filter(|(_, n)| **n > 1) {
+        t.duplicated += n - 1;
+        t.note(format!("submission {k} stored {n} times"));
+    }
+    // Every acknowledged edit and deletion is in Postgres.
+    let deleted = ledger.deleted();
+    for (id, name) in ledger.edited() {
+        if !deleted.contains(&id)
+            && truth
+                .get(&id)
+                .is_some_and(|r| r.name.as_deref() != Some(name.as_str()))
+        {
+            t.lost += 1;
+            t.note(format!(
+                "response {id}: its acknowledged edit to {name:?} is not in Postgres"
+            ));
+        }
+    }
+    for id in &deleted {
+        if truth.get(id).is_some_and(|r| !r.deleted) {
+            t.lost += 1;
+            t.note(format!(
+                "response {id}: its acknowledged deletion is not in Postgres"
+            ));
+        }
+    }
     // The API lost nothing it acknowledged, and stored the number people typed as E.164.
     for a in acknowledged {
         match truth.get(&a.id) {
@@ -316,6 +360,7 @@ pub async fn look(s: &Sources<'_>, acknowledged: &[Submitted]) -> Result<Tally> 
         .get(format!("{}/emulator/messages", s.sms))
         .send()
         .await?
+        .error_for_status()?
         .json()
         .await?;
     let mut texted: HashMap<String, Vec<String>> = HashMap::new();
@@ -348,10 +393,40 @@ pub async fn look(s: &Sources<'_>, acknowledged: &[Submitted]) -> Result<Tally> 
             }
         }
     }
+    let mut untexted = Vec::new();
     for (id, r) in &truth {
         if matches!(r.phone, Phone::Texted(_)) && !texted.contains_key(id) {
             t.lost += 1;
-            t.note(format!("response {id} never texted"));
+            untexted.push(id.clone());
+        }
+    }
+    if !untexted.is_empty() {
+        // What the SMS ledger says of the first few, for whoever reads the report.
+        let c = collect_testkit::connect(s.db_url).await?;
+        for id in untexted.iter().take(5) {
+            let ledger = c
+                .query(
+                    "SELECT state, coalesce(error, ''), attempts, claimed_at::text FROM sms_ledger WHERE response_id = $1::text::uuid",
+                    &[id],
+                )
+                .await?;
+            let entries: Vec<String> = ledger
+                .iter()
+                .map(|l| {
+                    format!(
+                        "{} {:?} after {} attempts since {}",
+                        l.get::<_, String>(0),
+                        l.get::<_, String>(1),
+                        l.get::<_, i32>(2),
+                        l.get::<_, String>(3)
+                    )
+                })
+                .collect();
+            let r = &truth[id];
+            t.note(format!(
+                "response {id} (form {}, revision {}, deleted {}) never texted; SMS ledger: {entries:?}",
+                r.form, r.revision, r.deleted
+            ));
         }
     }
 

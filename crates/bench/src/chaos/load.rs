@@ -3,6 +3,7 @@
 //! `Idempotency-Key` for a submission) while the API or Postgres is down, as a client of a
 //! forms backend would.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -66,6 +67,10 @@ pub struct Ledger {
     editable: Mutex<Vec<(String, usize)>>,
     pub in_flight: AtomicUsize,
     pub edits: AtomicU64,
+    /// The name of each response's last acknowledged edit.
+    pub edited: Mutex<HashMap<String, String>>,
+    /// Responses whose deletion was acknowledged.
+    pub deleted: Mutex<HashSet<String>>,
     pub deletes: AtomicU64,
     /// Requests sent again after a connection error or a 5xx.
     pub retries: AtomicU64,
@@ -82,6 +87,14 @@ impl Ledger {
 
     pub fn submitted(&self) -> Vec<Submitted> {
         Self::lock(&self.submitted).clone()
+    }
+
+    pub fn edited(&self) -> HashMap<String, String> {
+        Self::lock(&self.edited).clone()
+    }
+
+    pub fn deleted(&self) -> HashSet<String> {
+        Self::lock(&self.deleted).clone()
     }
 
     pub fn refused(&self) -> Vec<String> {
@@ -126,9 +139,14 @@ async fn send(
         }
         match r.send().await {
             Ok(resp) if resp.status().is_server_error() || resp.status().as_u16() == 429 => {}
+            Ok(resp) if resp.status().as_u16() == 204 => break Some((204, Value::Null)),
             Ok(resp) => {
                 let status = resp.status().as_u16();
-                break Some((status, resp.json().await.unwrap_or(Value::Null)));
+                // A body cut off (the API killed while answering) is no answer: ask again
+                // (a submission with its idempotency key, an edit to the same value).
+                if let Ok(v) = resp.json::<Value>().await {
+                    break Some((status, v));
+                }
             }
             Err(_) => {}
         }
@@ -197,7 +215,8 @@ fn pick(ledger: &Ledger) -> Option<(String, usize)> {
 async fn edit(t: Target, ledger: Arc<Ledger>, (id, form): (String, usize), n: u64) {
     let path = format!("/v1/forms/{}/responses/{id}", t.forms[form]);
     // PATCH replaces the answers it names; the phone stays as it was.
-    let body = json!({"answers": {"name": format!("edited {n}")}});
+    let name = format!("edited {n}");
+    let body = json!({"answers": {"name": name}});
     match send(
         &t,
         &ledger,
@@ -210,6 +229,7 @@ async fn edit(t: Target, ledger: Arc<Ledger>, (id, form): (String, usize), n: u6
     {
         Some((200, _)) => {
             ledger.edits.fetch_add(1, Ordering::Relaxed);
+            Ledger::lock(&ledger.edited).insert(id.clone(), name);
         }
         Some((s, v)) => refuse(&ledger, format!("edit of {id}: {s} {v}")),
         None => {}
@@ -223,18 +243,21 @@ async fn delete(t: Target, ledger: Arc<Ledger>, (id, form): (String, usize)) {
         // 404: an earlier attempt deleted it and its answer was lost.
         Some((204 | 404, _)) => {
             ledger.deletes.fetch_add(1, Ordering::Relaxed);
+            Ledger::lock(&ledger.deleted).insert(id.clone());
         }
         Some((s, v)) => refuse(&ledger, format!("deletion of {id}: {s} {v}")),
         None => {}
     }
 }
 
-/// Sends `n` submissions at `rate` a second (at most `concurrency` requests at once), an edit
-/// after every `edit_every`th and a deletion after every `delete_every`th; returns when
-/// every request has its answer.
+/// Sends `n` submissions at `rate` a second (at most `concurrency` requests at once), and
+/// more while `more` stays true, an edit after every `edit_every`th and a deletion after
+/// every `delete_every`th; returns when every request has its answer.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     t: Target,
     ledger: Arc<Ledger>,
+    more: Arc<std::sync::atomic::AtomicBool>,
     n: usize,
     rate: u32,
     concurrency: usize,
@@ -245,7 +268,10 @@ pub async fn run(
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..n {
+    for i in 0.. {
+        if i >= n && !more.load(Ordering::SeqCst) {
+            break;
+        }
         tick.tick().await;
         let Ok(p) = permits.clone().acquire_owned().await else {
             break;

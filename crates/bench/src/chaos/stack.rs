@@ -38,6 +38,11 @@ impl Part {
         self.child.as_ref().map(Guarded::pid)
     }
 
+    /// Whether it was started and still runs.
+    pub fn running(&self) -> bool {
+        self.child.as_ref().is_some_and(Guarded::alive)
+    }
+
     /// Starts it (logs appended to its file) and waits until it answers its ready path.
     pub async fn start(&mut self, http: &reqwest::Client) -> Result<()> {
         let mut argv = vec!["env".to_string()];
@@ -157,7 +162,11 @@ impl Stack {
             ("COLLECT_KAFKA_COMPRESSION", "none".to_string()),
             ("COLLECT_TOPIC_PARTITIONS", o.partitions.to_string()),
             ("COLLECT_CONNECT_CAPACITY", o.capacity.to_string()),
-            ("RUST_LOG", "info,librdkafka=warn,rdkafka=warn".to_string()),
+            (
+                "RUST_LOG",
+                std::env::var("COLLECT_CHAOS_LOG")
+                    .unwrap_or_else(|_| "info,librdkafka=warn,rdkafka=warn".to_string()),
+            ),
             ("COLLECT_LOG_FORMAT", "json".to_string()),
         ]
         .into_iter()
