@@ -11,7 +11,7 @@ use uuid::Uuid;
 /// What the ledger knows of a response's message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
-    /// `claimed`, `sent`, `failed` or `ambiguous`.
+    /// `claimed`, `sent`, `failed`, `ambiguous` or `skipped` (deleted before it was texted).
     pub state: String,
     /// Recipient.
     pub to: String,
@@ -84,14 +84,54 @@ impl Ledger {
 
     /// Claims `response` for a send; false if it already has an entry.
     pub async fn claim(&self, response: Uuid, to: &str, body: &str) -> Result<bool, SinkError> {
+        self.insert_fenced(response, "claimed", to, body, None)
+            .await
+    }
+
+    /// Records that `response` was deleted before this integration texted it (state
+    /// `skipped`): it never will be. Fenced like a claim, so that a writer that lost the
+    /// lease, ahead of the one holding it, cannot keep the response from being texted.
+    /// Returns false when the response already has an entry (texted, claimed or refused
+    /// before its deletion), which stays as it is.
+    pub async fn skip_deleted(&self, response: Uuid) -> Result<bool, SinkError> {
+        self.insert_fenced(
+            response,
+            "skipped",
+            "",
+            "",
+            Some("deleted before it was texted"),
+        )
+        .await
+    }
+
+    /// Inserts the entry of `response` if it has none, under the lease (see [`Self::fenced`]);
+    /// returns whether it did.
+    async fn insert_fenced(
+        &self,
+        response: Uuid,
+        state: &str,
+        to: &str,
+        body: &str,
+        error: Option<&str>,
+    ) -> Result<bool, SinkError> {
         let mut c = self.pool.get().await.map_err(db)?;
         let tx = c.transaction().await.map_err(db)?;
         collect_connect::lease::check(&tx, self.integration, self.generation).await?;
         let n = tx
             .execute(
                 "INSERT INTO sms_ledger (integration_id, response_id, form_id, purpose, state, \
-                 to_number, body) VALUES ($1, $2, $3, $4, 'claimed', $5, $6) ON CONFLICT DO NOTHING",
-                &[&self.integration, &response, &self.form, &self.purpose, &to, &body],
+                 to_number, body, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 ON CONFLICT DO NOTHING",
+                &[
+                    &self.integration,
+                    &response,
+                    &self.form,
+                    &self.purpose,
+                    &state,
+                    &to,
+                    &body,
+                    &error,
+                ],
             )
             .await
             .map_err(db)?;

@@ -233,11 +233,17 @@ impl<P: Provider> SmsSink<P> {
             )));
         };
         if r.op == ResponseOp::Deleted || r.deleted_at.is_some() {
+            // Deleted before this integration texted it: never texted. It learns of the
+            // deletion first when it was behind and the compacted topic kept only the
+            // response's latest record; the ledger says why there was no text.
+            if ledger.skip_deleted(id).await? {
+                tracing::info!(integration = %ctx.integration_id, response = %id, "deleted before it was texted; not texted");
+            }
             return Ok(Step::Done);
         }
         if let Some(e) = ledger.get(id).await? {
             return match e.state.as_str() {
-                "sent" => Ok(Step::Done),
+                "sent" | "skipped" => Ok(Step::Done),
                 // An operator re-drives it after a fix: try again from the start.
                 "failed" if redriven => {
                     ledger.forget_failure(id).await?;

@@ -199,6 +199,22 @@ fn with_phone(env: &Env, id: &str, phone: &str) -> ResponseEvent {
     r
 }
 
+/// A test's own Postgres, broker and provider, and an SMS integration configured with
+/// `extra` on top of the tests' defaults; with its provider account.
+async fn set_up(extra: Value) -> (Env, SmsTarget, Integration, String) {
+    logs();
+    let env = Env::new().await.unwrap();
+    let t = SmsTarget {
+        provider: Provider::start().await,
+    };
+    let i = env
+        .integration("sms", stored(&t.integration_config(extra).await))
+        .await
+        .unwrap();
+    let account = SmsTarget::account_of(&i);
+    (env, t, i, account)
+}
+
 /// Waits until the account has `n` messages; returns them.
 async fn messages(p: &Provider, account: &str, n: usize) -> Vec<Value> {
     let end = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -251,16 +267,7 @@ fn per_response(ms: &[Value]) -> HashMap<String, usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ambiguous_sends_are_reconciled_never_duplicated() {
-    logs();
-    let env = Env::new().await.unwrap();
-    let t = SmsTarget {
-        provider: Provider::start().await,
-    };
-    let i = env
-        .integration("sms", stored(&t.integration_config(json!({})).await))
-        .await
-        .unwrap();
-    let account = SmsTarget::account_of(&i);
+    let (env, t, i, account) = set_up(json!({})).await;
     // Every send is accepted and its connection dropped: the sink cannot know; the
     // provider's list tells it the message exists.
     t.provider
@@ -343,16 +350,7 @@ async fn ambiguous_sends_are_reconciled_never_duplicated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_numbers_go_to_dead_letters_and_429s_are_retried() {
-    logs();
-    let env = Env::new().await.unwrap();
-    let t = SmsTarget {
-        provider: Provider::start().await,
-    };
-    let i = env
-        .integration("sms", stored(&t.integration_config(json!({})).await))
-        .await
-        .unwrap();
-    let account = SmsTarget::account_of(&i);
+    let (env, t, i, account) = set_up(json!({})).await;
     // The provider allows 2 a second from our number; the sink is told 500: it gets 429s.
     t.provider
         .admin(
@@ -459,22 +457,7 @@ async fn configuration_is_validated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconciliation_trusts_the_providers_clock_and_looks_more_than_once() {
-    logs();
-    let env = Env::new().await.unwrap();
-    let t = SmsTarget {
-        provider: Provider::start().await,
-    };
-    let i = env
-        .integration(
-            "sms",
-            stored(
-                &t.integration_config(json!({"reconcile_after_secs": 2}))
-                    .await,
-            ),
-        )
-        .await
-        .unwrap();
-    let account = SmsTarget::account_of(&i);
+    let (env, t, i, account) = set_up(json!({"reconcile_after_secs": 2})).await;
     // The provider's clock is ten minutes behind ours, and every send is accepted then its
     // connection dropped: only the provider's list can say the messages exist.
     t.provider
@@ -570,4 +553,71 @@ async fn a_delivery_report_before_its_sid_is_kept_and_applied() {
         .unwrap()
         .get(0);
     assert_eq!(pending, 0);
+}
+
+/// A response deleted before the integration texted it: when the integration reads its
+/// creation it texts it (once, whatever comes after); when it reads only the deletion (it
+/// was behind and the compacted topic kept the latest record) it texts nothing, sends no
+/// dead letter, and its ledger says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletion_read_before_the_creation_is_recorded_not_texted() {
+    let (env, t, i, account) = set_up(json!({})).await;
+    let (read, compacted, after) = (
+        uuid::Uuid::new_v4().to_string(),
+        uuid::Uuid::new_v4().to_string(),
+        uuid::Uuid::new_v4().to_string(),
+    );
+    let deletion = |id: &str| {
+        let mut d = with_phone(&env, id, "+4791234567");
+        d.revision = 2;
+        d.op = collect_events::ResponseOp::Deleted;
+        d.deleted_at = Some(d.updated_at);
+        d
+    };
+    let events = vec![
+        with_phone(&env, &read, "+4791234567"),
+        deletion(&read),
+        // Only the deletion of this one is left in the topic.
+        deletion(&compacted),
+        with_phone(&env, &after, "+4791234568"),
+    ];
+    env.produce(&events).await.unwrap();
+    let w = env.start(sink_of(&i), "sms", &i);
+    let ms = messages(&t.provider, &account, 2).await;
+    wait_sent(&env, &i, 2).await;
+    assert_eq!(w.stop().await, WorkerExit::Stopped);
+    let counts = per_response(&t.provider.messages(&account).await);
+    assert_eq!(ms.len(), 2, "{counts:?}");
+    assert_eq!(counts.get(&read), Some(&1), "{counts:?}");
+    assert_eq!(counts.get(&after), Some(&1), "{counts:?}");
+    assert_eq!(counts.get(&compacted), None, "{counts:?}");
+    let c = env.pool.get().await.unwrap();
+    let states: Vec<(String, String, Option<String>)> = c
+        .query(
+            "SELECT response_id::text, state, error FROM sms_ledger WHERE integration_id = $1",
+            &[&i.id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let state = |id: &str| states.iter().find(|s| s.0 == id).cloned();
+    assert_eq!(
+        state(&compacted).map(|s| (s.1, s.2)),
+        Some((
+            "skipped".to_string(),
+            Some("deleted before it was texted".to_string())
+        )),
+        "{states:?}"
+    );
+    assert_eq!(
+        state(&read).map(|s| s.1),
+        Some("sent".to_string()),
+        "{states:?}"
+    );
+    assert!(
+        env.dead_letters(1, Duration::from_secs(2)).await.is_empty(),
+        "no dead letter"
+    );
 }

@@ -106,7 +106,7 @@ fn connect_pid(stack: &Value) -> Result<u32> {
         .context("connect.pid")
 }
 
-/// A value of a connect process's `/metrics` at `base` (the first series of `name`).
+/// A value of a connect process's `/metrics` at `base` (every series of `name`, summed).
 async fn metric(s: &Stack, base: &str, name: &str) -> Result<f64> {
     let text = s
         .http
@@ -115,12 +115,7 @@ async fn metric(s: &Stack, base: &str, name: &str) -> Result<f64> {
         .await?
         .text()
         .await?;
-    Ok(text
-        .lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0))
+    Ok(collect_testkit::metric_sum(&text, name))
 }
 
 /// Tells this run's names from earlier runs' on the same stack.

@@ -27,6 +27,9 @@ use crate::assemble::Event;
 /// `max.message.bytes` 1,048,588) and librdkafka (`message.max.bytes` 1,000,000).
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_000_000;
 
+/// Default `min.compaction.lag.ms` of the compacted topics the reader creates: a week.
+pub const DEFAULT_MIN_COMPACTION_LAG: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// Kafka settings of the reader.
 #[derive(Debug, Clone)]
 pub struct KafkaSettings {
@@ -52,6 +55,12 @@ pub struct KafkaSettings {
     /// `max.message.bytes` (set when the reader creates them). Events that would be larger
     /// become bounded dead letters. Apache Kafka's default is 1,048,588.
     pub max_message_bytes: usize,
+    /// `min.compaction.lag.ms` of the compacted topics the reader creates: no record younger
+    /// than this is compacted away (Apache Kafka's topic configuration), so an integration
+    /// less than this behind reads every event of a response (an SMS integration texts a
+    /// response whose creation it reads, even if it was deleted since); one further behind
+    /// reads only each response's latest state.
+    pub min_compaction_lag: Duration,
     /// Extra librdkafka settings (`security.protocol`, `sasl.*`, ...).
     pub extra: Vec<(String, String)>,
 }
@@ -157,13 +166,19 @@ pub struct Output {
 }
 
 /// Creates the topics if they do not exist (compacted: the latest state of every response,
-/// form and question is kept forever, so a new sink can backfill from the topic).
+/// form and question is kept forever, so a new sink can backfill from the topic; every
+/// record for at least [`KafkaSettings::min_compaction_lag`]).
 pub async fn ensure_topics(s: &KafkaSettings) -> Result<(), CdcError> {
     let admin: AdminClient<DefaultClientContext> = s.client_config().create()?;
     // The topics take exactly what the producer may send (`message.max.bytes`), whatever
     // the broker's default: the one size checked before producing (Output::encode).
     let max = s.max_message_bytes.to_string();
-    let compacted = [("cleanup.policy", "compact"), ("max.message.bytes", &max)];
+    let lag = s.min_compaction_lag.as_millis().to_string();
+    let compacted = [
+        ("cleanup.policy", "compact"),
+        ("max.message.bytes", &max),
+        ("min.compaction.lag.ms", &lag),
+    ];
     let dlq_retention = [
         ("cleanup.policy", "delete"),
         ("retention.ms", "2592000000"),

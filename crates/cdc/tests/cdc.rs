@@ -535,6 +535,25 @@ async fn an_event_larger_than_the_topics_take_is_a_bounded_dead_letter_and_the_s
     let other = s.form("other").await["id"].as_str().unwrap().to_string();
     let reader = s.start_reader(s.config());
     reader.streaming().await;
+    // The topics the reader created say so, and keep every record a week before compaction.
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &s.brokers)
+            .create()
+            .unwrap();
+    let responses = s.topic("responses");
+    let described = admin
+        .describe_configs(
+            [rdkafka::admin::ResourceSpecifier::Topic(responses.as_str())].iter(),
+            &rdkafka::admin::AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    let config = described.into_iter().next().unwrap().unwrap();
+    let value = |k: &str| config.get(k).and_then(|e| e.value.clone());
+    assert_eq!(value("cleanup.policy").as_deref(), Some("compact"));
+    assert_eq!(value("max.message.bytes").as_deref(), Some("65536"));
+    assert_eq!(value("min.compaction.lag.ms").as_deref(), Some("604800000"));
     let big = s
         .submit(&form, json!({"name": "big", "essay": "é".repeat(45_000)}))
         .await;

@@ -57,6 +57,15 @@ pub struct CdcArgs {
     /// of the topics the reader creates. Larger events become bounded dead letters.
     #[arg(long, env = "COLLECT_KAFKA_MAX_MESSAGE_BYTES", default_value_t = collect_cdc::kafka::DEFAULT_MAX_MESSAGE_BYTES)]
     max_message_bytes: usize,
+    /// Hours a record of the compacted topics the reader creates is kept before compaction
+    /// may remove it (their min.compaction.lag.ms): an integration less than this behind
+    /// reads every event, one further behind only each response's latest state.
+    #[arg(
+        long,
+        env = "COLLECT_KAFKA_MIN_COMPACTION_LAG_HOURS",
+        default_value_t = 168
+    )]
+    min_compaction_lag_hours: u64,
     #[command(flatten)]
     kafka: KafkaOptions,
     /// When the slot is found invalidated (wal_status = 'lost') or dropped: `resnapshot`
@@ -91,6 +100,9 @@ pub async fn run(a: CdcArgs) -> Result<()> {
             max_queued: a.max_queued,
             compression: a.compression,
             max_message_bytes: a.max_message_bytes,
+            min_compaction_lag: Duration::from_secs(
+                a.min_compaction_lag_hours.saturating_mul(3600),
+            ),
             extra: a.kafka.resolve()?,
         },
         heartbeat: (a.heartbeat_secs > 0).then(|| Duration::from_secs(a.heartbeat_secs)),

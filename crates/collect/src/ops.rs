@@ -107,6 +107,7 @@ pub async fn snapshot(a: SnapshotArgs) -> Result<()> {
         max_queued: 100_000,
         compression: a.compression.clone(),
         max_message_bytes: a.max_message_bytes,
+        min_compaction_lag: collect_cdc::kafka::DEFAULT_MIN_COMPACTION_LAG,
         extra: a.kafka.resolve()?,
     };
     let started = Instant::now();

@@ -532,7 +532,7 @@ async fn work<S: Sink>(
                 );
                 match sink.write(&deliveries, &ctx).instrument(span.clone()).await {
                     Ok(o) => {
-                        span.in_scope(|| tracing::debug!(integration = %id, events = deliveries.len(), rejected = o.rejected.len(), "batch written"));
+                        span.in_scope(|| tracing::debug!(integration = %id, events = deliveries.len(), rejected = o.rejected.len(), first = ?deliveries.first().map(|d| (d.partition, d.offset)), last = ?deliveries.last().map(|d| (d.partition, d.offset)), "batch written"));
                         break o;
                     }
                     Err(SinkError::Fatal { message }) => {
@@ -631,6 +631,7 @@ async fn work<S: Sink>(
             if !saved {
                 return Err(lease_lost(&id));
             }
+            tracing::debug!(integration = %id, positions = ?read_to, "position stored");
             durable = read_to.clone();
         }
         if last_lag.elapsed() >= Duration::from_secs(5) {

@@ -99,6 +99,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0016_integration_positions",
         sql: include_str!("../../../migrations/0016_integration_positions.sql"),
     },
+    Migration {
+        version: 17,
+        name: "0017_sms_skipped",
+        sql: include_str!("../../../migrations/0017_sms_skipped.sql"),
+    },
 ];
 
 /// Advisory lock key held while migrating ("collect" in ASCII).

@@ -106,3 +106,16 @@ pub async fn migrate(url: &str) -> Result<()> {
     collect_store::migrate::run(&mut client).await?;
     Ok(())
 }
+
+/// The sum of every series of metric `name` in Prometheus' text exposition format (0 when it
+/// has none): a counter or gauge summed over its labels.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

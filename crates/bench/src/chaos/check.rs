@@ -53,6 +53,9 @@ pub struct Tally {
     pub wrong: usize,
     /// The same dead letter written more than once (at-least-once to the dead-letter topic).
     pub dead_letter_repeats: usize,
+    /// Responses deleted before their SMS integration read their creation, which the broker
+    /// had compacted away: rightly neither texted nor dead-lettered.
+    pub skipped_deleted: usize,
     /// The first problems, for the reader of the report.
     pub examples: Vec<String>,
 }
@@ -148,6 +151,67 @@ fn cell(row: &[Value], i: Option<usize>) -> &str {
 /// Every record of `topic` as (integration header, key), read from the beginning to the end
 /// of every partition (nothing when the topic does not exist).
 fn dead_letters(brokers: &str, topic: &str) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    read_all(brokers, topic, |m| {
+        let integration = m
+            .headers()
+            .and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == "collect.integration")
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            })
+            .unwrap_or_default();
+        let key = m
+            .key()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .unwrap_or_default();
+        out.push((integration, key));
+    })?;
+    Ok(out)
+}
+
+/// A record of a response: partition, offset, and whether it says the response is deleted.
+type Place = (i32, i64, bool);
+
+/// The records of the responses topic whose value holds one of `ids` (as text: Avro strings
+/// are UTF-8), as `id: [(partition, offset, whether it says the response is deleted)]` in
+/// the order read (offset order within a partition). Decoded with this build's schema, the
+/// one the run's reader writes with.
+fn records_of(brokers: &str, topic: &str, ids: &[String]) -> Result<BTreeMap<String, Vec<Place>>> {
+    let schema = collect_events::response_codec().schema();
+    let mut out: BTreeMap<String, Vec<Place>> = BTreeMap::new();
+    read_all(brokers, topic, |m| {
+        let value = m.payload().unwrap_or_default();
+        for id in ids {
+            if value.windows(id.len()).any(|w| w == id.as_bytes()) {
+                let deleted = collect_events::split_frame(value)
+                    .ok()
+                    .and_then(|(_, payload)| {
+                        collect_events::decode::<collect_events::ResponseEvent>(
+                            payload, schema, None,
+                        )
+                        .ok()
+                    })
+                    .is_some_and(|e| {
+                        e.op == collect_events::ResponseOp::Deleted || e.deleted_at.is_some()
+                    });
+                out.entry(id.clone())
+                    .or_default()
+                    .push((m.partition(), m.offset(), deleted));
+            }
+        }
+    })?;
+    Ok(out)
+}
+
+/// Hands every record of `topic` to `each`, from the beginning to the end of every
+/// partition as they were when asked (nothing when the topic does not exist).
+fn read_all(
+    brokers: &str,
+    topic: &str,
+    mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
+) -> Result<()> {
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "collect-bench-chaos-check")
@@ -156,7 +220,7 @@ fn dead_letters(brokers: &str, topic: &str) -> Result<Vec<(String, String)>> {
         .create()?;
     let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
-        return Ok(Vec::new());
+        return Ok(());
     };
     let mut tpl = rdkafka::TopicPartitionList::new();
     let mut left = HashSet::new();
@@ -167,9 +231,8 @@ fn dead_letters(brokers: &str, topic: &str) -> Result<Vec<(String, String)>> {
             left.insert((p.id(), high));
         }
     }
-    let mut out = Vec::new();
     if left.is_empty() {
-        return Ok(out);
+        return Ok(());
     }
     consumer.assign(&tpl)?;
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
@@ -187,26 +250,57 @@ fn dead_letters(brokers: &str, topic: &str) -> Result<Vec<(String, String)>> {
                 left.retain(|(q, _)| *q != p);
                 continue;
             }
-            Err(e) => return Err(e).context("reading dead letters"),
+            Err(e) => return Err(e).with_context(|| format!("reading {topic}")),
         };
-        let integration = m
-            .headers()
-            .and_then(|h| {
-                h.iter()
-                    .find(|h| h.key == "collect.integration")
-                    .and_then(|h| h.value)
-                    .map(|v| String::from_utf8_lossy(v).into_owned())
-            })
-            .unwrap_or_default();
-        let key = m
-            .key()
-            .map(|k| String::from_utf8_lossy(k).into_owned())
-            .unwrap_or_default();
-        out.push((integration, key));
+        each(&m);
         let (p, next) = (m.partition(), m.offset() + 1);
         left.retain(|(q, high)| !(*q == p && next >= *high));
     }
-    Ok(out)
+    Ok(())
+}
+
+/// Those of `ids` that were deleted before their form's SMS integration read their creation:
+/// deleted in Postgres, `skipped` in the ledger, and the oldest record of theirs left in the
+/// responses topic is a deletion (the creation was compacted away before the integration
+/// read it).
+async fn compacted_away(
+    s: &Sources<'_>,
+    truth: &HashMap<String, Truth>,
+    ids: &[String],
+) -> Result<HashSet<String>> {
+    let deleted: Vec<String> = ids
+        .iter()
+        .filter(|id| truth.get(*id).is_some_and(|r| r.deleted))
+        .cloned()
+        .collect();
+    if deleted.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let c = collect_testkit::connect(s.db_url).await?;
+    let rows = c
+        .query(
+            "SELECT response_id::text FROM sms_ledger WHERE state = 'skipped' \
+             AND response_id::text = ANY($1)",
+            &[&deleted],
+        )
+        .await?;
+    let skipped: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    if skipped.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let (brokers, asked) = (s.brokers.to_string(), skipped.clone());
+    let records =
+        tokio::task::spawn_blocking(move || records_of(&brokers, "collect.responses", &asked))
+            .await??;
+    Ok(skipped
+        .into_iter()
+        .filter(|id| {
+            records
+                .get(id)
+                .and_then(|r| r.first())
+                .is_some_and(|(_, _, deleted)| *deleted)
+        })
+        .collect())
 }
 
 /// One look at everything.
@@ -396,14 +490,28 @@ pub async fn look(s: &Sources<'_>, acknowledged: &[Submitted], ledger: &Ledger) 
     let mut untexted = Vec::new();
     for (id, r) in &truth {
         if matches!(r.phone, Phone::Texted(_)) && !texted.contains_key(id) {
-            t.lost += 1;
             untexted.push(id.clone());
         }
     }
+    // A response deleted before its SMS integration texted it is, rightly, never texted
+    // when the integration saw the deletion first: it was behind and the compacted topic
+    // kept only the latest record (Tansu compacts every key, newest records included, each
+    // time it starts). Counted apart when the ledger says so and the oldest record of the
+    // response left in the topic is a deletion; anything else untexted is lost.
+    let mut skipped = compacted_away(s, &truth, &untexted).await?;
+    t.skipped_deleted += skipped.len();
+    untexted.retain(|id| !skipped.remove(id));
+    t.lost += untexted.len();
     if !untexted.is_empty() {
-        // What the SMS ledger says of the first few, for whoever reads the report.
+        // What the SMS ledger says of the first few, where their records are and how far
+        // their integration's position is, for whoever reads the report.
         let c = collect_testkit::connect(s.db_url).await?;
-        for id in untexted.iter().take(5) {
+        let first: Vec<String> = untexted.iter().take(5).cloned().collect();
+        let (brokers, ids) = (s.brokers.to_string(), first.clone());
+        let records =
+            tokio::task::spawn_blocking(move || records_of(&brokers, "collect.responses", &ids))
+                .await??;
+        for id in &first {
             let ledger = c
                 .query(
                     "SELECT state, coalesce(error, ''), attempts, claimed_at::text FROM sms_ledger WHERE response_id = $1::text::uuid",
@@ -423,9 +531,22 @@ pub async fn look(s: &Sources<'_>, acknowledged: &[Submitted], ledger: &Ledger) 
                 })
                 .collect();
             let r = &truth[id];
+            let positions = c
+                .query(
+                    "SELECT topic || '/' || kafka_partition || ' at ' || next_offset || ', stored ' || updated_at::text \
+                     FROM integration_positions WHERE integration_id = $1::text::uuid",
+                    &[&s.forms[r.form].sms_integration],
+                )
+                .await?
+                .iter()
+                .map(|p| p.get::<_, String>(0))
+                .collect::<Vec<_>>();
             t.note(format!(
-                "response {id} (form {}, revision {}, deleted {}) never texted; SMS ledger: {entries:?}",
-                r.form, r.revision, r.deleted
+                "response {id} (form {}, revision {}, deleted {}) never texted; SMS ledger: {entries:?}; its records (partition, offset): {:?}; the SMS integration's positions: {positions:?}",
+                r.form,
+                r.revision,
+                r.deleted,
+                records.get(id)
             ));
         }
     }
@@ -451,13 +572,19 @@ pub async fn look(s: &Sources<'_>, acknowledged: &[Submitted], ledger: &Ledger) 
             ));
         }
     }
-    for (id, r) in &truth {
-        if r.phone == Phone::Refused
-            && !counted.contains_key(&(s.forms[r.form].sms_integration.clone(), id.clone()))
-        {
-            t.lost += 1;
-            t.note(format!("response {id}: no dead letter"));
-        }
+    let undead: Vec<String> = truth
+        .iter()
+        .filter(|(id, r)| {
+            r.phone == Phone::Refused
+                && !counted.contains_key(&(s.forms[r.form].sms_integration.clone(), (*id).clone()))
+        })
+        .map(|(id, _)| id.clone())
+        .collect();
+    let skipped = compacted_away(s, &truth, &undead).await?;
+    t.skipped_deleted += skipped.len();
+    for id in undead.iter().filter(|id| !skipped.contains(*id)) {
+        t.lost += 1;
+        t.note(format!("response {id}: no dead letter"));
     }
     let reader_letters = dead_letters(s.brokers, "collect.cdc.dlq")?;
     if !reader_letters.is_empty() {

@@ -506,6 +506,10 @@ fn table(
         "Dead letters (expected: one per response without a usable phone)",
         format!("{} ({} repeated)", t.dead_letters, t.dead_letter_repeats),
     );
+    row(
+        "Deleted before the SMS integration read their creation, which the broker compacted away (rightly not texted)",
+        t.skipped_deleted.to_string(),
+    );
     row("**Lost**", t.lost.to_string());
     row("**Duplicated**", t.duplicated.to_string());
     row(

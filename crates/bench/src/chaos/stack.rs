@@ -293,12 +293,5 @@ pub async fn metric(http: &reqwest::Client, base: &str, name: &str) -> f64 {
         return 0.0;
     };
     let text = r.text().await.unwrap_or_default();
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    collect_testkit::metric_sum(&text, name)
 }

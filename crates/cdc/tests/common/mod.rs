@@ -161,6 +161,7 @@ impl Stack {
                 max_queued: 1000,
                 compression: "none".into(),
                 max_message_bytes: self.max_message_bytes,
+                min_compaction_lag: collect_cdc::kafka::DEFAULT_MIN_COMPACTION_LAG,
                 extra: vec![],
             },
             heartbeat: Some(Duration::from_secs(1)),

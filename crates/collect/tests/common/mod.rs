@@ -233,14 +233,7 @@ impl Drop for Proc {
 
 /// Sum of the samples of a metric in Prometheus text.
 pub fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    collect_testkit::metric_sum(text, name)
 }
 
 /// A consumer of every partition of `topic` (3, as the tests' readers make them) from the

@@ -210,6 +210,7 @@ async fn serve(inner: &Arc<Inner>, consumer: &StreamConsumer<FeedContext>, tp: &
                     .ok()
                     .and_then(|tpl| tpl.find_partition(&tp.0, tp.1)?.offset().to_raw());
                 let mut s = inner.state();
+                tracing::debug!(topic = tp.0, partition = tp.1, start, read_to = expect, end = ?end, members = members.len(), "catch-up reached the end");
                 if let Some(end) = end.filter(|e| *e >= 0) {
                     advance(&mut s, tp, &members, end);
                 }
@@ -245,6 +246,14 @@ async fn serve(inner: &Arc<Inner>, consumer: &StreamConsumer<FeedContext>, tp: &
             let mut s = inner.state();
             members.retain(|id| s.subs.contains_key(id));
             if s.parts.get(tp).is_some_and(|p| offset >= p.head) {
+                tracing::debug!(
+                    topic = tp.0,
+                    partition = tp.1,
+                    start,
+                    offset,
+                    members = members.len(),
+                    "catch-up reached the live consumer"
+                );
                 advance(&mut s, tp, &members, offset);
                 join_at_head(&mut s, tp, &members);
                 return Turn::Progress;
