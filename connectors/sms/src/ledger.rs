@@ -240,13 +240,14 @@ impl Ledger {
         Ok(n == 1)
     }
 
-    /// Forgets a refusal for good, so that a re-driven event is tried again.
-    pub async fn forget_failure(&self, response: Uuid) -> Result<(), SinkError> {
+    /// Forgets the entry of `response` if it is still in `state` (`failed` or `skipped`), so
+    /// that a re-driven event is tried again.
+    pub async fn forget(&self, response: Uuid, state: &str) -> Result<(), SinkError> {
         let c = self.pool.get().await.map_err(db)?;
         c.execute(
             "DELETE FROM sms_ledger WHERE form_id = $1 AND purpose = $2 AND response_id = $3 \
-             AND state = 'failed'",
-            &[&self.form, &self.purpose, &response],
+             AND state = $4",
+            &[&self.form, &self.purpose, &response, &state],
         )
         .await
         .map_err(db)?;

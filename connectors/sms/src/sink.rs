@@ -232,26 +232,32 @@ impl<P: Provider> SmsSink<P> {
                 r.response_id
             )));
         };
-        if r.op == ResponseOp::Deleted || r.deleted_at.is_some() {
-            // Deleted before this integration texted it: never texted. It learns of the
-            // deletion first when it was behind and the compacted topic kept only the
+        let deleted = r.op == ResponseOp::Deleted || r.deleted_at.is_some();
+        if let Some(e) = ledger.get(id).await? {
+            return match e.state.as_str() {
+                "sent" => Ok(Step::Done),
+                // An operator re-drives it after a fix: try again from the start.
+                "failed" | "skipped" if redriven => {
+                    ledger.forget(id, &e.state).await?;
+                    Box::pin(self.one(ctx, ledger, r, false)).await
+                }
+                "skipped" => Ok(Step::Done),
+                // Refused at its creation (the dead letter was sent then); deleted since.
+                "failed" if deleted => Ok(Step::Done),
+                "failed" => Ok(Step::Reject(e.error.unwrap_or_default())),
+                // A send claimed before the deletion was known: the provider's list decides,
+                // deleted or not.
+                _ => self.reconcile(ctx, ledger, id, &e).await,
+            };
+        }
+        if deleted {
+            // Deleted before this integration read its creation: never texted. It happens
+            // when the integration was behind and the compacted topic kept only the
             // response's latest record; the ledger says why there was no text.
             if ledger.skip_deleted(id).await? {
                 tracing::info!(integration = %ctx.integration_id, response = %id, "deleted before it was texted; not texted");
             }
             return Ok(Step::Done);
-        }
-        if let Some(e) = ledger.get(id).await? {
-            return match e.state.as_str() {
-                "sent" | "skipped" => Ok(Step::Done),
-                // An operator re-drives it after a fix: try again from the start.
-                "failed" if redriven => {
-                    ledger.forget_failure(id).await?;
-                    Box::pin(self.one(ctx, ledger, r, false)).await
-                }
-                "failed" => Ok(Step::Reject(e.error.unwrap_or_default())),
-                _ => self.reconcile(ctx, ledger, id, &e).await,
-            };
         }
         let to = match self.recipient(r) {
             Ok(to) => to,

@@ -558,15 +558,36 @@ async fn a_delivery_report_before_its_sid_is_kept_and_applied() {
 /// A response deleted before the integration texted it: when the integration reads its
 /// creation it texts it (once, whatever comes after); when it reads only the deletion (it
 /// was behind and the compacted topic kept the latest record) it texts nothing, sends no
-/// dead letter, and its ledger says why.
+/// dead letter, and its ledger says why; a send claimed before a crash and then deleted is
+/// still settled with the provider's list (here: sent, as the provider never had it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deletion_read_before_the_creation_is_recorded_not_texted() {
     let (env, t, i, account) = set_up(json!({})).await;
-    let (read, compacted, after) = (
+    let (read, compacted, after, in_flight) = (
+        uuid::Uuid::new_v4().to_string(),
         uuid::Uuid::new_v4().to_string(),
         uuid::Uuid::new_v4().to_string(),
         uuid::Uuid::new_v4().to_string(),
     );
+    // A claim a crashed worker left a minute ago, its send unknown.
+    env.pool
+        .get()
+        .await
+        .unwrap()
+        .execute(
+            "INSERT INTO sms_ledger (integration_id, response_id, form_id, purpose, state, \
+             to_number, body, claimed_at) VALUES ($1, $2::text::uuid, $3, $4, 'claimed', \
+             '+4791234569', $5, now() - interval '1 minute')",
+            &[
+                &i.id,
+                &in_flight,
+                &i.form_id,
+                &i.purpose(),
+                &format!("Thanks Ada! Ref {in_flight}"),
+            ],
+        )
+        .await
+        .unwrap();
     let deletion = |id: &str| {
         let mut d = with_phone(&env, id, "+4791234567");
         d.revision = 2;
@@ -579,17 +600,19 @@ async fn a_deletion_read_before_the_creation_is_recorded_not_texted() {
         deletion(&read),
         // Only the deletion of this one is left in the topic.
         deletion(&compacted),
+        deletion(&in_flight),
         with_phone(&env, &after, "+4791234568"),
     ];
     env.produce(&events).await.unwrap();
     let w = env.start(sink_of(&i), "sms", &i);
-    let ms = messages(&t.provider, &account, 2).await;
-    wait_sent(&env, &i, 2).await;
+    let ms = messages(&t.provider, &account, 3).await;
+    wait_sent(&env, &i, 3).await;
     assert_eq!(w.stop().await, WorkerExit::Stopped);
     let counts = per_response(&t.provider.messages(&account).await);
-    assert_eq!(ms.len(), 2, "{counts:?}");
+    assert_eq!(ms.len(), 3, "{counts:?}");
     assert_eq!(counts.get(&read), Some(&1), "{counts:?}");
     assert_eq!(counts.get(&after), Some(&1), "{counts:?}");
+    assert_eq!(counts.get(&in_flight), Some(&1), "{counts:?}");
     assert_eq!(counts.get(&compacted), None, "{counts:?}");
     let c = env.pool.get().await.unwrap();
     let states: Vec<(String, String, Option<String>)> = c

@@ -27,8 +27,13 @@ use crate::assemble::Event;
 /// `max.message.bytes` 1,048,588) and librdkafka (`message.max.bytes` 1,000,000).
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_000_000;
 
-/// Default `min.compaction.lag.ms` of the compacted topics the reader creates: a week.
-pub const DEFAULT_MIN_COMPACTION_LAG: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Default `min.compaction.lag.ms` of the compacted topics the reader creates, in hours: a
+/// week.
+pub const DEFAULT_MIN_COMPACTION_LAG_HOURS: u64 = 168;
+
+/// [`DEFAULT_MIN_COMPACTION_LAG_HOURS`] as a duration.
+pub const DEFAULT_MIN_COMPACTION_LAG: Duration =
+    Duration::from_secs(DEFAULT_MIN_COMPACTION_LAG_HOURS * 3600);
 
 /// Kafka settings of the reader.
 #[derive(Debug, Clone)]
@@ -242,7 +247,8 @@ async fn partition_counts(s: &KafkaSettings) -> Result<HashMap<String, i32>, Cdc
 
 /// The largest record each event topic takes: the smaller of the reader's setting and the
 /// topic's `max.message.bytes` (DescribeConfigs). A broker that does not answer leaves the
-/// reader's setting (logged).
+/// reader's setting (logged). A compacted topic whose `min.compaction.lag.ms` is below the
+/// reader's setting is logged as a warning (topics are created, never altered).
 async fn topic_limits(s: &KafkaSettings) -> HashMap<String, usize> {
     use rdkafka::admin::ResourceSpecifier;
     let mut out = HashMap::new();
@@ -262,11 +268,26 @@ async fn topic_limits(s: &KafkaSettings) -> HashMap<String, usize> {
     match admin.describe_configs(specs.iter(), &opts).await {
         Ok(results) => {
             for (topic, r) in topics.iter().zip(results) {
-                let limit = r.ok().and_then(|c| {
-                    c.get("max.message.bytes")
-                        .and_then(|e| e.value.as_deref())
-                        .and_then(|v| v.parse::<usize>().ok())
-                });
+                let config = r.ok();
+                let value = |k: &str| {
+                    config
+                        .as_ref()
+                        .and_then(|c| c.get(k))
+                        .and_then(|e| e.value.clone())
+                };
+                let compacted = value("cleanup.policy").is_some_and(|p| p.contains("compact"));
+                let lag_ms = value("min.compaction.lag.ms").and_then(|v| v.parse::<u128>().ok());
+                let want_ms = s.min_compaction_lag.as_millis();
+                if compacted && lag_ms.is_none_or(|l| l < want_ms) {
+                    // A topic created before the setting, or by an operator.
+                    tracing::warn!(
+                        topic,
+                        min_compaction_lag_ms = lag_ms,
+                        wanted_ms = %want_ms,
+                        "the topic lets compaction remove records younger than --min-compaction-lag-hours: an integration that far behind may read only a response's latest event (an SMS integration then does not text a response deleted meanwhile); set it with kafka-configs --alter --entity-type topics --entity-name <topic> --add-config min.compaction.lag.ms=<ms>"
+                    );
+                }
+                let limit = value("max.message.bytes").and_then(|v| v.parse::<usize>().ok());
                 let limit = limit.map_or(s.max_message_bytes, |l| l.min(s.max_message_bytes));
                 if limit < s.max_message_bytes {
                     tracing::warn!(

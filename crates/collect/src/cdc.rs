@@ -63,7 +63,7 @@ pub struct CdcArgs {
     #[arg(
         long,
         env = "COLLECT_KAFKA_MIN_COMPACTION_LAG_HOURS",
-        default_value_t = 168
+        default_value_t = collect_cdc::kafka::DEFAULT_MIN_COMPACTION_LAG_HOURS
     )]
     min_compaction_lag_hours: u64,
     #[command(flatten)]

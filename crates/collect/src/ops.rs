@@ -87,6 +87,10 @@ pub struct SnapshotArgs {
     /// Largest record in bytes (as the reader's `--max-message-bytes`).
     #[arg(long, env = "COLLECT_KAFKA_MAX_MESSAGE_BYTES", default_value_t = collect_cdc::kafka::DEFAULT_MAX_MESSAGE_BYTES)]
     max_message_bytes: usize,
+    /// Hours before compaction may remove a record of the topics it creates (as the
+    /// reader's `--min-compaction-lag-hours`).
+    #[arg(long, env = "COLLECT_KAFKA_MIN_COMPACTION_LAG_HOURS", default_value_t = collect_cdc::kafka::DEFAULT_MIN_COMPACTION_LAG_HOURS)]
+    min_compaction_lag_hours: u64,
     #[command(flatten)]
     kafka: KafkaOptions,
 }
@@ -107,7 +111,7 @@ pub async fn snapshot(a: SnapshotArgs) -> Result<()> {
         max_queued: 100_000,
         compression: a.compression.clone(),
         max_message_bytes: a.max_message_bytes,
-        min_compaction_lag: collect_cdc::kafka::DEFAULT_MIN_COMPACTION_LAG,
+        min_compaction_lag: Duration::from_secs(a.min_compaction_lag_hours.saturating_mul(3600)),
         extra: a.kafka.resolve()?,
     };
     let started = Instant::now();

@@ -80,6 +80,7 @@ pub struct Sources<'a> {
     pub sms: &'a str,
     pub brokers: &'a str,
     pub forms: &'a [FormSetup],
+    pub witness: &'a super::witness::Witness,
 }
 
 async fn truth(s: &Sources<'_>) -> Result<HashMap<String, Truth>> {
@@ -260,9 +261,11 @@ fn read_all(
 }
 
 /// Those of `ids` that were deleted before their form's SMS integration read their creation:
-/// deleted in Postgres, `skipped` in the ledger, and the oldest record of theirs left in the
-/// responses topic is a deletion (the creation was compacted away before the integration
-/// read it).
+/// deleted in Postgres, `skipped` in the ledger, the oldest record of theirs left in the
+/// responses topic is a deletion, and the integration's stored position was at or before
+/// the creation (as the run's tap saw it) when the broker was killed after it was written:
+/// the restart compacted it away before the integration read it. A feed that skipped the
+/// creation does not pass for this.
 async fn compacted_away(
     s: &Sources<'_>,
     truth: &HashMap<String, Truth>,
@@ -270,7 +273,13 @@ async fn compacted_away(
 ) -> Result<HashSet<String>> {
     let deleted: Vec<String> = ids
         .iter()
-        .filter(|id| truth.get(*id).is_some_and(|r| r.deleted))
+        .filter(|id| {
+            truth.get(*id).is_some_and(|r| {
+                r.deleted
+                    && s.witness
+                        .behind_at_a_restart(&s.forms[r.form].sms_integration, id)
+            })
+        })
         .cloned()
         .collect();
     if deleted.is_empty() {
