@@ -53,9 +53,6 @@ pub struct Tally {
     pub wrong: usize,
     /// The same dead letter written more than once (at-least-once to the dead-letter topic).
     pub dead_letter_repeats: usize,
-    /// Responses deleted before their SMS integration read their creation, which the broker
-    /// had compacted away: rightly neither texted nor dead-lettered.
-    pub skipped_deleted: usize,
     /// The first problems, for the reader of the report.
     pub examples: Vec<String>,
 }
@@ -80,7 +77,6 @@ pub struct Sources<'a> {
     pub sms: &'a str,
     pub brokers: &'a str,
     pub forms: &'a [FormSetup],
-    pub witness: &'a super::witness::Witness,
 }
 
 async fn truth(s: &Sources<'_>) -> Result<HashMap<String, Truth>> {
@@ -258,58 +254,6 @@ fn read_all(
         left.retain(|(q, high)| !(*q == p && next >= *high));
     }
     Ok(())
-}
-
-/// Those of `ids` that were deleted before their form's SMS integration read their creation:
-/// deleted in Postgres, `skipped` in the ledger, the oldest record of theirs left in the
-/// responses topic is a deletion, and the integration's stored position was at or before
-/// the creation (as the run's tap saw it) when the broker was killed after it was written:
-/// the restart compacted it away before the integration read it. A feed that skipped the
-/// creation does not pass for this.
-async fn compacted_away(
-    s: &Sources<'_>,
-    truth: &HashMap<String, Truth>,
-    ids: &[String],
-) -> Result<HashSet<String>> {
-    let deleted: Vec<String> = ids
-        .iter()
-        .filter(|id| {
-            truth.get(*id).is_some_and(|r| {
-                r.deleted
-                    && s.witness
-                        .behind_at_a_restart(&s.forms[r.form].sms_integration, id)
-            })
-        })
-        .cloned()
-        .collect();
-    if deleted.is_empty() {
-        return Ok(HashSet::new());
-    }
-    let c = collect_testkit::connect(s.db_url).await?;
-    let rows = c
-        .query(
-            "SELECT response_id::text FROM sms_ledger WHERE state = 'skipped' \
-             AND response_id::text = ANY($1)",
-            &[&deleted],
-        )
-        .await?;
-    let skipped: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-    if skipped.is_empty() {
-        return Ok(HashSet::new());
-    }
-    let (brokers, asked) = (s.brokers.to_string(), skipped.clone());
-    let records =
-        tokio::task::spawn_blocking(move || records_of(&brokers, "collect.responses", &asked))
-            .await??;
-    Ok(skipped
-        .into_iter()
-        .filter(|id| {
-            records
-                .get(id)
-                .and_then(|r| r.first())
-                .is_some_and(|(_, _, deleted)| *deleted)
-        })
-        .collect())
 }
 
 /// One look at everything.
@@ -502,14 +446,8 @@ pub async fn look(s: &Sources<'_>, acknowledged: &[Submitted], ledger: &Ledger) 
             untexted.push(id.clone());
         }
     }
-    // A response deleted before its SMS integration texted it is, rightly, never texted
-    // when the integration saw the deletion first: it was behind and the compacted topic
-    // kept only the latest record (Tansu compacts every key, newest records included, each
-    // time it starts). Counted apart when the ledger says so and the oldest record of the
-    // response left in the topic is a deletion; anything else untexted is lost.
-    let mut skipped = compacted_away(s, &truth, &untexted).await?;
-    t.skipped_deleted += skipped.len();
-    untexted.retain(|id| !skipped.remove(id));
+    // Every one of them is lost: the run's topics keep every record (see stack::event_topics),
+    // so each integration reads every response's creation, whatever was deleted since.
     t.lost += untexted.len();
     if !untexted.is_empty() {
         // What the SMS ledger says of the first few, where their records are and how far
@@ -581,19 +519,13 @@ pub async fn look(s: &Sources<'_>, acknowledged: &[Submitted], ledger: &Ledger) 
             ));
         }
     }
-    let undead: Vec<String> = truth
-        .iter()
-        .filter(|(id, r)| {
-            r.phone == Phone::Refused
-                && !counted.contains_key(&(s.forms[r.form].sms_integration.clone(), (*id).clone()))
-        })
-        .map(|(id, _)| id.clone())
-        .collect();
-    let skipped = compacted_away(s, &truth, &undead).await?;
-    t.skipped_deleted += skipped.len();
-    for id in undead.iter().filter(|id| !skipped.contains(*id)) {
-        t.lost += 1;
-        t.note(format!("response {id}: no dead letter"));
+    for (id, r) in &truth {
+        if r.phone == Phone::Refused
+            && !counted.contains_key(&(s.forms[r.form].sms_integration.clone(), id.clone()))
+        {
+            t.lost += 1;
+            t.note(format!("response {id}: no dead letter"));
+        }
     }
     let reader_letters = dead_letters(s.brokers, "collect.cdc.dlq")?;
     if !reader_letters.is_empty() {

@@ -19,7 +19,6 @@
 mod check;
 mod load;
 pub(crate) mod stack;
-mod witness;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -281,7 +280,6 @@ async fn part_fault(
     s: &mut Stack,
     http: &reqwest::Client,
     ledger: &Ledger,
-    witness: &witness::Witness,
 ) -> Result<String> {
     let t = Instant::now();
     let what = match f {
@@ -357,15 +355,9 @@ async fn part_fault(
                 None => false,
             };
             s.broker.kill9()?;
-            // Who had read what when the restart may compact it away (see witness).
-            let noted = witness
-                .broker_killed(&s.db_url, "collect.responses")
-                .await
-                .map_err(|e| println!("  the positions at the broker's kill were not taken: {e:#}"))
-                .is_ok();
             tokio::time::sleep(Duration::from_secs(1)).await;
             s.broker.restart().await?;
-            format!("records flowing: {producing}; positions taken: {noted}")
+            format!("records flowing: {producing}")
         }
         _ => unreachable!("a provider fault in the parts stream"),
     };
@@ -514,10 +506,6 @@ fn table(
         "Dead letters (expected: one per response without a usable phone)",
         format!("{} ({} repeated)", t.dead_letters, t.dead_letter_repeats),
     );
-    row(
-        "Deleted before the SMS integration read their creation, which the broker compacted away (rightly not texted)",
-        t.skipped_deleted.to_string(),
-    );
     row("**Lost**", t.lost.to_string());
     row("**Duplicated**", t.duplicated.to_string());
     row(
@@ -591,11 +579,6 @@ pub async fn run(a: Args) -> Result<()> {
     );
 
     let ledger = Arc::new(Ledger::default());
-    let witness = witness::Witness::start(
-        &s.broker.bootstrap(),
-        "collect.responses",
-        i32::try_from(a.partitions)?,
-    )?;
     let target = Target {
         http: http.clone(),
         api: s.api.url(),
@@ -645,7 +628,7 @@ pub async fn run(a: Args) -> Result<()> {
     let mut skipped: Vec<String> = Vec::new();
     for (at, f) in schedule(&Fault::PARTS, a.rounds, span) {
         tokio::time::sleep(at.saturating_sub(started.elapsed())).await;
-        match part_fault(f, &mut s, &http, &ledger, &witness).await {
+        match part_fault(f, &mut s, &http, &ledger).await {
             Ok(line) => {
                 println!(
                     "  [{:>6.1} s] {}: {line}",
@@ -694,7 +677,6 @@ pub async fn run(a: Args) -> Result<()> {
         sms: &s.sms.url(),
         brokers: &s.broker.bootstrap(),
         forms: &forms,
-        witness: &witness,
     };
     let acknowledged = ledger.submitted();
     let (tally, converged) = loop {

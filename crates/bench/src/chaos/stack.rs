@@ -145,6 +145,7 @@ impl Stack {
         })
         .await?;
         let broker = Broker::start().await?;
+        event_topics(&broker.bootstrap(), o.partitions).await?;
         let admin = collect_testkit::connect(&pg.url("postgres")).await?;
         admin.batch_execute("CREATE DATABASE collect").await?;
         let db_url = pg.url("collect");
@@ -285,6 +286,38 @@ impl Stack {
     pub fn log_dir(&self) -> &Path {
         &self.dir
     }
+}
+
+/// Creates the event topics before the reader does, keeping every record for the run. The
+/// reader creates them compacted with `min.compaction.lag.ms` of a week, so on Apache Kafka
+/// no record of a run this short is ever compacted away. Tansu ignores that setting and
+/// compacts every key each time it starts, newest records included (records the reader
+/// writes while its maintenance runs too): after a kill of the broker, an integration that
+/// was behind would find only the latest record of some responses, which Apache Kafka
+/// would not do to it. Kept whole, the topics behave here as they do there. The reader
+/// finds them and uses them as they are.
+async fn event_topics(brokers: &str, partitions: u32) -> Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let partitions = i32::try_from(partitions)?;
+    let topics: Vec<NewTopic<'_>> = ["collect.responses", "collect.forms"]
+        .into_iter()
+        .map(|name| {
+            NewTopic::new(name, partitions, TopicReplication::Fixed(-1))
+                .set("cleanup.policy", "delete")
+                // A year: Tansu takes -1 for zero.
+                .set("retention.ms", "31536000000")
+        })
+        .collect();
+    for r in admin
+        .create_topics(topics.iter(), &AdminOptions::new())
+        .await?
+    {
+        r.map_err(|(name, code)| anyhow::anyhow!("creating topic {name}: {code}"))?;
+    }
+    Ok(())
 }
 
 /// A value of a process's Prometheus text: the sum of every series of `name`.
