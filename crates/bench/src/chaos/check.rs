@@ -53,6 +53,8 @@ pub struct Tally {
     pub wrong: usize,
     /// The same dead letter written more than once (at-least-once to the dead-letter topic).
     pub dead_letter_repeats: usize,
+    /// The first few responses never texted (see [`explain_untexted`]).
+    pub untexted: Vec<String>,
     /// The first problems, for the reader of the report.
     pub examples: Vec<String>,
 }
@@ -256,6 +258,60 @@ fn read_all(
     Ok(())
 }
 
+/// What the SMS ledger says of the first few never-texted responses of `t`, where their
+/// records are and how far their integration's position is, for whoever reads the report
+/// (asked once, for the verdict, not at every look).
+pub async fn explain_untexted(s: &Sources<'_>, t: &mut Tally) -> Result<()> {
+    if t.untexted.is_empty() {
+        return Ok(());
+    }
+    let truth = truth(s).await?;
+    let c = collect_testkit::connect(s.db_url).await?;
+    let (brokers, ids) = (s.brokers.to_string(), t.untexted.clone());
+    let records =
+        tokio::task::spawn_blocking(move || records_of(&brokers, "collect.responses", &ids))
+            .await??;
+    for id in &t.untexted {
+        let Some(r) = truth.get(id) else { continue };
+        let entries: Vec<String> = c
+            .query(
+                "SELECT state, coalesce(error, ''), attempts, claimed_at::text FROM sms_ledger WHERE response_id = $1::text::uuid",
+                &[id],
+            )
+            .await?
+            .iter()
+            .map(|l| {
+                format!(
+                    "{} {:?} after {} attempts since {}",
+                    l.get::<_, String>(0),
+                    l.get::<_, String>(1),
+                    l.get::<_, i32>(2),
+                    l.get::<_, String>(3)
+                )
+            })
+            .collect();
+        let positions = c
+            .query(
+                "SELECT topic || '/' || kafka_partition || ' at ' || next_offset || ', stored ' || updated_at::text \
+                 FROM integration_positions WHERE integration_id = $1::text::uuid",
+                &[&s.forms[r.form].sms_integration],
+            )
+            .await?
+            .iter()
+            .map(|p| p.get::<_, String>(0))
+            .collect::<Vec<_>>();
+        // Beyond the cap of notes: these five are what the report is read for.
+        t.examples.push(format!(
+            "response {id} (form {}, revision {}, deleted {}) never texted; SMS ledger: {entries:?}; its records (partition, offset, deleted): {:?}; the SMS integration's positions: {positions:?}",
+            r.form,
+            r.revision,
+            r.deleted,
+            records.get(id)
+        ));
+    }
+    Ok(())
+}
+
 /// One look at everything.
 pub async fn look(s: &Sources<'_>, acknowledged: &[Submitted], ledger: &Ledger) -> Result<Tally> {
     let truth = truth(s).await?;
@@ -449,54 +505,7 @@ pub async fn look(s: &Sources<'_>, acknowledged: &[Submitted], ledger: &Ledger) 
     // Every one of them is lost: the run's topics keep every record (see stack::event_topics),
     // so each integration reads every response's creation, whatever was deleted since.
     t.lost += untexted.len();
-    if !untexted.is_empty() {
-        // What the SMS ledger says of the first few, where their records are and how far
-        // their integration's position is, for whoever reads the report.
-        let c = collect_testkit::connect(s.db_url).await?;
-        let first: Vec<String> = untexted.iter().take(5).cloned().collect();
-        let (brokers, ids) = (s.brokers.to_string(), first.clone());
-        let records =
-            tokio::task::spawn_blocking(move || records_of(&brokers, "collect.responses", &ids))
-                .await??;
-        for id in &first {
-            let ledger = c
-                .query(
-                    "SELECT state, coalesce(error, ''), attempts, claimed_at::text FROM sms_ledger WHERE response_id = $1::text::uuid",
-                    &[id],
-                )
-                .await?;
-            let entries: Vec<String> = ledger
-                .iter()
-                .map(|l| {
-                    format!(
-                        "{} {:?} after {} attempts since {}",
-                        l.get::<_, String>(0),
-                        l.get::<_, String>(1),
-                        l.get::<_, i32>(2),
-                        l.get::<_, String>(3)
-                    )
-                })
-                .collect();
-            let r = &truth[id];
-            let positions = c
-                .query(
-                    "SELECT topic || '/' || kafka_partition || ' at ' || next_offset || ', stored ' || updated_at::text \
-                     FROM integration_positions WHERE integration_id = $1::text::uuid",
-                    &[&s.forms[r.form].sms_integration],
-                )
-                .await?
-                .iter()
-                .map(|p| p.get::<_, String>(0))
-                .collect::<Vec<_>>();
-            t.note(format!(
-                "response {id} (form {}, revision {}, deleted {}) never texted; SMS ledger: {entries:?}; its records (partition, offset): {:?}; the SMS integration's positions: {positions:?}",
-                r.form,
-                r.revision,
-                r.deleted,
-                records.get(id)
-            ));
-        }
-    }
+    t.untexted = untexted.into_iter().take(5).collect();
 
     // Dead letters: one per refused response, on its form's SMS integration; none anywhere
     // else, none from the reader.

@@ -736,6 +736,8 @@ pub async fn run(a: Args) -> Result<()> {
             .collect();
         counts.push((*f, of.len(), of.iter().sum()));
     }
+    let mut tally = tally;
+    check::explain_untexted(&sources, &mut tally).await?;
     let report = table(&a, &ledger, &counts, &tally, load_secs, converged);
     println!("\n{report}");
     for e in &tally.examples {
